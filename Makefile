@@ -1,0 +1,22 @@
+# Developer entry points; see README.md.
+.PHONY: run test lint fmt clean-keys
+
+# First run creates a dev signing key + API key in $STREAMTOKEN_KEYS_DIR (default keys/) and prints the key.
+run:
+	cargo run --quiet -- keys init
+	cargo run --quiet -- serve
+
+test:
+	cargo test --all-targets
+	bash tests/smoke_make_run.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+# Removes generated key material but keeps the tracked keys/README.md and keys/.gitignore.
+clean-keys:
+	test ! -d keys || find keys -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +

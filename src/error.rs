@@ -1,0 +1,125 @@
+//! Every failure a request can meet, and how the canonical API renders it:
+//! `{"error":{"code":"…","message":"…"}}`. Compatibility surfaces render the same failures in
+//! their own envelopes. Unexpected causes go to the log; the client only ever sees the envelope.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::api_keys::Scope;
+use crate::redeem::RedeemError;
+use crate::token::RejectReason;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("send the body as application/json")]
+    UnsupportedMediaType,
+    #[error(
+        "no API key: send Authorization: Bearer <key>, Authorization: <key> or xi-api-key: <key>"
+    )]
+    MissingApiKey,
+    #[error("the API key is not valid")]
+    InvalidApiKey,
+    #[error("this API key lacks the {} scope", .0.as_str())]
+    Forbidden(Scope),
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("{}", .0.describe())]
+    TokenRejected(RejectReason),
+    #[error("the replay store is unavailable; try again")]
+    ReplayStoreUnavailable,
+    #[error("internal error")]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::MissingApiKey => "missing_api_key",
+            ApiError::InvalidApiKey => "invalid_api_key",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::TokenRejected(RejectReason::Expired) => "token_expired",
+            ApiError::TokenRejected(RejectReason::AlreadyUsed) => "token_already_used",
+            ApiError::TokenRejected(_) => "invalid_token",
+            ApiError::ReplayStoreUnavailable => "replay_store_unavailable",
+            ApiError::Unexpected(_) => "internal_error",
+        }
+    }
+
+    /// The message a client sees; for a refused token it names the reason.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::TokenRejected(reason) => {
+                format!("{} ({})", reason.describe(), reason.as_str())
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<RedeemError> for ApiError {
+    fn from(e: RedeemError) -> Self {
+        match e {
+            RedeemError::Rejected(reason) => ApiError::TokenRejected(reason),
+            RedeemError::StoreUnavailable(cause) => {
+                log::warn!("{cause}");
+                ApiError::ReplayStoreUnavailable
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MissingApiKey | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TokenRejected(RejectReason::AlreadyUsed) => StatusCode::CONFLICT,
+            ApiError::TokenRejected(_) => StatusCode::UNAUTHORIZED,
+            ApiError::ReplayStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Unexpected(cause) = self {
+            log::error!("unexpected error: {cause:#}");
+        }
+        let message = self.message();
+        HttpResponse::build(self.status_code())
+            .insert_header(("cache-control", "no-store"))
+            .json(Envelope {
+                error: Body {
+                    code: self.code(),
+                    message: &message,
+                },
+            })
+    }
+}

@@ -1,0 +1,121 @@
+//! The redemption core: verify locally, then consume one use in the replay store.
+//!
+//! This is what a gateway embeds; `/v1/tokens/redeem` and `/v1/stream` are thin layers over it.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::keyring::KeyringHandle;
+use crate::replay::{Consumed, ReplayStore, StoreUnavailable};
+use crate::settings::TokenSettings;
+use crate::token::{Claims, RejectReason, TokenVerifier};
+
+#[derive(Debug, Clone)]
+pub struct Redemption {
+    pub claims: Claims,
+    pub uses_remaining: u32,
+    /// When the session opened with this redemption must end.
+    pub session_expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    #[error("token rejected: {}", .0.as_str())]
+    Rejected(RejectReason),
+    #[error(transparent)]
+    StoreUnavailable(#[from] StoreUnavailable),
+}
+
+/// What introspection learned; never consumes a use.
+#[derive(Debug, Clone)]
+pub struct Introspection {
+    pub active: bool,
+    pub reason: Option<RejectReason>,
+    pub claims: Option<Claims>,
+    pub uses_remaining: Option<u32>,
+}
+
+pub struct Redeemer {
+    keyring: Arc<KeyringHandle>,
+    verifier: TokenVerifier,
+    store: Arc<dyn ReplayStore>,
+    leeway_seconds: i64,
+}
+
+impl Redeemer {
+    pub fn new(
+        keyring: Arc<KeyringHandle>,
+        settings: &TokenSettings,
+        store: Arc<dyn ReplayStore>,
+    ) -> Self {
+        Redeemer {
+            keyring,
+            verifier: TokenVerifier::new(settings),
+            store,
+            leeway_seconds: settings.leeway_seconds as i64,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ReplayStore> {
+        &self.store
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, RejectReason> {
+        self.verifier.verify(token, &self.keyring.snapshot())
+    }
+
+    /// Verifies `token` and records one use. Fails closed: a store that cannot answer is an
+    /// error, never an acceptance.
+    pub async fn redeem(&self, token: &str) -> Result<Redemption, RedeemError> {
+        let claims = self.verify(token).map_err(RedeemError::Rejected)?;
+        let consumed = self
+            .store
+            .consume_once(
+                claims.jti,
+                &claims.org,
+                claims.uses,
+                self.entry_expiry(&claims),
+            )
+            .await?;
+        match consumed {
+            Consumed::AlreadyUsed => Err(RedeemError::Rejected(RejectReason::AlreadyUsed)),
+            Consumed::Accepted { uses_remaining } => {
+                let session = chrono::Duration::seconds(claims.max_session_duration_seconds.into());
+                Ok(Redemption {
+                    session_expires_at: Utc::now() + session,
+                    uses_remaining,
+                    claims,
+                })
+            }
+        }
+    }
+
+    pub async fn introspect(&self, token: &str) -> Result<Introspection, StoreUnavailable> {
+        let claims = match self.verify(token) {
+            Ok(claims) => claims,
+            Err(reason) => {
+                return Ok(Introspection {
+                    active: false,
+                    reason: Some(reason),
+                    claims: None,
+                    uses_remaining: None,
+                })
+            }
+        };
+        let used = self.store.uses_recorded(claims.jti, claims.uses).await?;
+        let uses_remaining = claims.uses - used;
+        Ok(Introspection {
+            active: uses_remaining > 0,
+            reason: (uses_remaining == 0).then_some(RejectReason::AlreadyUsed),
+            claims: Some(claims),
+            uses_remaining: Some(uses_remaining),
+        })
+    }
+
+    /// A consumed `jti` must be remembered for as long as its token could still verify: until
+    /// `exp` + leeway, plus one second for the boundary.
+    fn entry_expiry(&self, claims: &Claims) -> i64 {
+        claims.exp + self.leeway_seconds + 1
+    }
+}

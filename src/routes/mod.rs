@@ -1,0 +1,36 @@
+//! HTTP surfaces. Each module is one surface; shared behaviour lives in the cores they call.
+
+mod health;
+mod tokens;
+
+use actix_web::{web, HttpResponse};
+
+use crate::error::ApiError;
+
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v1/tokens").route(web::post().to(tokens::mint)))
+        .service(resource("/v1/tokens/redeem").route(web::post().to(tokens::redeem)))
+        .service(resource("/v1/tokens/introspect").route(web::post().to(tokens::introspect)))
+        .service(resource("/healthz").route(web::get().to(health::healthz)))
+        .service(resource("/readyz").route(web::get().to(health::readyz)))
+        .service(resource("/openapi.yaml").route(web::get().to(openapi)));
+}
+
+/// A resource whose wrong-method answer is a JSON error, not actix's empty 405.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|| async {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed)
+    }))
+}
+
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/yaml")
+        .body(OPENAPI_YAML)
+}

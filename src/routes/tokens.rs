@@ -1,0 +1,224 @@
+//! The canonical API: `/v1/tokens`, `/v1/tokens/redeem`, `/v1/tokens/introspect`.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::SecondsFormat;
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+
+use crate::api_keys::Scope;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::json_body::read_json;
+use crate::mint::MintRequest;
+use crate::params::{Ctx, ExpiresIn, InvalidParam, SessionDuration, TokenType, Uses};
+use crate::startup::AppState;
+use crate::token::Claims;
+
+/// Body of `POST /v1/tokens`; every field is optional. Unknown fields are refused so a typo
+/// (`expires_in`) is not silently replaced by a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintBody {
+    token_type: Option<String>,
+    expires_in_seconds: Option<Number>,
+    max_session_duration_seconds: Option<Number>,
+    ctx: Option<BTreeMap<String, String>>,
+    uses: Option<Number>,
+}
+
+impl TryFrom<MintBody> for MintRequest {
+    type Error = InvalidParam;
+
+    fn try_from(body: MintBody) -> Result<Self, InvalidParam> {
+        let defaults = MintRequest::default();
+        Ok(MintRequest {
+            token_type: body
+                .token_type
+                .map_or(Ok(defaults.token_type), |t| TokenType::parse(&t))?,
+            expires_in: seconds(body.expires_in_seconds, defaults.expires_in, |n| {
+                ExpiresIn::parse(n)
+            })?,
+            session: seconds(body.max_session_duration_seconds, defaults.session, |n| {
+                SessionDuration::parse(n)
+            })?,
+            ctx: body.ctx.map_or(Ok(defaults.ctx), Ctx::parse)?,
+            uses: seconds(body.uses, defaults.uses, |n| Uses::parse(n))?,
+        })
+    }
+}
+
+/// A JSON number that must be an integer in range: floats, negatives and overflowing values all
+/// get the field's own rule as the error.
+fn seconds<T: Copy>(
+    value: Option<Number>,
+    default: T,
+    parse: impl Fn(i128) -> Result<T, InvalidParam>,
+) -> Result<T, InvalidParam> {
+    let Some(number) = value else {
+        return Ok(default);
+    };
+    let integer = number
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| number.as_u64().map(i128::from));
+    // Any non-integer is refused by the parser's range check with the field's message.
+    parse(integer.unwrap_or(i128::MIN))
+}
+
+#[derive(Serialize)]
+struct MintResponse<'a> {
+    token: &'a str,
+    token_type: &'a str,
+    jti: String,
+    expires_in_seconds: u32,
+    expires_at: String,
+    max_session_duration_seconds: u32,
+    uses: u32,
+}
+
+pub async fn mint(
+    req: HttpRequest,
+    payload: web::Payload,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let key = caller.require(Scope::Mint)?;
+    let body: MintBody = read_json(&req, payload).await?;
+    let request = MintRequest::try_from(body).map_err(|e| ApiError::InvalidRequest(e.0))?;
+    let expires_in_seconds = request.expires_in.get();
+    let minted = state.minter.mint(&key.org, request)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(MintResponse {
+            token: &minted.token,
+            token_type: &minted.claims.token_type,
+            jti: minted.claims.jti.to_string(),
+            expires_in_seconds,
+            expires_at: minted
+                .expires_at()
+                .to_rfc3339_opts(SecondsFormat::Secs, true),
+            max_session_duration_seconds: minted.claims.max_session_duration_seconds,
+            uses: minted.claims.uses,
+        }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    token: Option<String>,
+}
+
+impl TokenBody {
+    fn into_token(self) -> Result<String, ApiError> {
+        self.token
+            .ok_or_else(|| ApiError::InvalidRequest("token is required".into()))
+    }
+}
+
+#[derive(Serialize)]
+struct RedeemResponse<'a> {
+    org: &'a str,
+    token_type: &'a str,
+    jti: String,
+    ctx: &'a BTreeMap<String, String>,
+    max_session_duration_seconds: u32,
+    session_expires_at: String,
+    uses_remaining: u32,
+}
+
+pub async fn redeem(
+    req: HttpRequest,
+    payload: web::Payload,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Redeem)?;
+    let token = read_json::<TokenBody>(&req, payload).await?.into_token()?;
+    let redemption = state.redeemer.redeem(&token).await?;
+    let claims = &redemption.claims;
+    Ok(HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(RedeemResponse {
+            org: &claims.org,
+            token_type: &claims.token_type,
+            jti: claims.jti.to_string(),
+            ctx: &claims.ctx,
+            max_session_duration_seconds: claims.max_session_duration_seconds,
+            session_expires_at: redemption
+                .session_expires_at
+                .to_rfc3339_opts(SecondsFormat::Secs, true),
+            uses_remaining: redemption.uses_remaining,
+        }))
+}
+
+#[derive(Serialize)]
+struct IntrospectResponse {
+    active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claims: Option<Claims>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uses_remaining: Option<u32>,
+}
+
+pub async fn introspect(
+    req: HttpRequest,
+    payload: web::Payload,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Redeem)?;
+    let token = read_json::<TokenBody>(&req, payload).await?.into_token()?;
+    let found = state.redeemer.introspect(&token).await.map_err(|cause| {
+        log::warn!("{cause}");
+        ApiError::ReplayStoreUnavailable
+    })?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(IntrospectResponse {
+            active: found.active,
+            reason: found.reason.map(|r| r.as_str()),
+            claims: found.claims,
+            uses_remaining: found.uses_remaining,
+        }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<MintRequest, String> {
+        let body: MintBody = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        MintRequest::try_from(body).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn an_empty_object_mints_with_every_default() {
+        let request = parse("{}").unwrap();
+        assert_eq!(request.expires_in.get(), 60);
+        assert_eq!(request.session.get(), 3600);
+        assert_eq!(request.uses.get(), 1);
+        assert_eq!(request.token_type.as_str(), "realtime");
+    }
+
+    #[test]
+    fn non_integer_seconds_are_refused_with_the_fields_rule() {
+        for value in ["0", "-1", "1.5", "1e3", "3601", "99999999999999999999"] {
+            let err = parse(&format!(r#"{{"expires_in_seconds":{value}}}"#)).unwrap_err();
+            assert_eq!(
+                err, "expires_in_seconds must be an integer between 1 and 3600",
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused() {
+        assert!(parse(r#"{"expires_in":60}"#)
+            .unwrap_err()
+            .contains("unknown field"));
+    }
+}

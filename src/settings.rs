@@ -1,0 +1,251 @@
+//! Typed configuration, read once from the environment at start-up.
+//!
+//! Every variable is optional and has a working default; an invalid value stops start-up with
+//! an error that names the variable.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub keys_dir: PathBuf,
+    pub redis: Option<RedisSettings>,
+    pub token: TokenSettings,
+    /// actix worker threads; defaults to the number of cores.
+    pub workers: usize,
+}
+
+/// What every token carries and how strictly it is checked.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub issuer: String,
+    pub audience: String,
+    /// Seconds of clock skew tolerated when checking `exp`.
+    pub leeway_seconds: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: Secret,
+    /// Every replay-store key is `<prefix>:<jti>`, so several deployments can share a Redis.
+    pub key_prefix: String,
+    /// Longest wait for one Redis answer before redemption fails closed with 503.
+    pub timeout: Duration,
+}
+
+/// A configuration value that may hold a password (a Redis URL): `Debug` never prints it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+pub const DEFAULT_ISSUER: &str = "streamtoken";
+pub const DEFAULT_AUDIENCE: &str = "streamtoken-gateway";
+pub const DEFAULT_LEEWAY_SECONDS: u64 = 5;
+pub const MAX_LEEWAY_SECONDS: u64 = 300;
+pub const DEFAULT_REDIS_PREFIX: &str = "streamtoken";
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 500;
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not mutate the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let redis = match env.text("STREAMTOKEN_REDIS_URL") {
+            None => None,
+            Some(url) => Some(RedisSettings {
+                url: Secret::new(url),
+                key_prefix: env
+                    .text("STREAMTOKEN_REDIS_PREFIX")
+                    .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.into()),
+                timeout: Duration::from_millis(env.number(
+                    "STREAMTOKEN_REDIS_TIMEOUT_MS",
+                    DEFAULT_REDIS_TIMEOUT_MS,
+                    1..=60_000,
+                )?),
+            }),
+        };
+        if let Some(redis) = &redis {
+            redis::Client::open(redis.url.expose()).map_err(|e| ConfigError {
+                variable: "STREAMTOKEN_REDIS_URL",
+                value: "[redacted]".into(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(Settings {
+            bind: env.parsed("STREAMTOKEN_BIND", DEFAULT_BIND)?,
+            keys_dir: env
+                .text("STREAMTOKEN_KEYS_DIR")
+                .unwrap_or_else(|| "keys".into())
+                .into(),
+            redis,
+            token: TokenSettings {
+                issuer: env.name("STREAMTOKEN_ISSUER", DEFAULT_ISSUER)?,
+                audience: env.name("STREAMTOKEN_AUDIENCE", DEFAULT_AUDIENCE)?,
+                leeway_seconds: env.number(
+                    "STREAMTOKEN_LEEWAY_SECONDS",
+                    DEFAULT_LEEWAY_SECONDS,
+                    0..=MAX_LEEWAY_SECONDS,
+                )?,
+            },
+            workers: env.number("STREAMTOKEN_WORKERS", default_workers() as u64, 1..=1024)?
+                as usize,
+        })
+    }
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        TokenSettings {
+            issuer: DEFAULT_ISSUER.into(),
+            audience: DEFAULT_AUDIENCE.into(),
+            leeway_seconds: DEFAULT_LEEWAY_SECONDS,
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+struct Env<'a, F: Fn(&str) -> Option<String>>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
+    /// A set, non-blank value; blank counts as unset so `VAR=` in a shell means "default".
+    fn text(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn parsed<T: FromStr>(&self, name: &'static str, default: &str) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        let value = self.text(name).unwrap_or_else(|| default.into());
+        value.trim().parse().map_err(|e: T::Err| ConfigError {
+            variable: name,
+            reason: e.to_string(),
+            value,
+        })
+    }
+
+    fn number(
+        &self,
+        name: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let n: u64 = self.parsed(name, &default.to_string())?;
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(ConfigError {
+                variable: name,
+                value: n.to_string(),
+                reason: format!("must be between {} and {}", range.start(), range.end()),
+            })
+        }
+    }
+
+    /// Issuer and audience end up in every token: printable ASCII, no spaces, at most 128 bytes.
+    fn name(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        let value = self.text(name).unwrap_or_else(|| default.into());
+        let ok = value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+        if ok {
+            Ok(value)
+        } else {
+            Err(ConfigError {
+                variable: name,
+                value,
+                reason: "must be 1-128 printable ASCII characters without spaces".into(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn no_variables_give_the_documented_defaults() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.keys_dir, PathBuf::from("keys"));
+        assert!(s.redis.is_none());
+        assert_eq!(s.token.issuer, "streamtoken");
+        assert_eq!(s.token.audience, "streamtoken-gateway");
+        assert_eq!(s.token.leeway_seconds, 5);
+    }
+
+    #[test]
+    fn each_invalid_value_names_its_variable() {
+        for (var, value) in [
+            ("STREAMTOKEN_BIND", "not-an-address"),
+            ("STREAMTOKEN_LEEWAY_SECONDS", "abc"),
+            ("STREAMTOKEN_LEEWAY_SECONDS", "-1"),
+            ("STREAMTOKEN_LEEWAY_SECONDS", "301"),
+            ("STREAMTOKEN_ISSUER", "has space"),
+            ("STREAMTOKEN_WORKERS", "0"),
+            ("STREAMTOKEN_REDIS_URL", "http://not-redis"),
+        ] {
+            let err = settings(&[(var, value)]).expect_err(var);
+            assert_eq!(err.variable, var, "{value}");
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_redis_url_never_appears_in_debug_output() {
+        let s = settings(&[("STREAMTOKEN_REDIS_URL", "redis://:hunter2@127.0.0.1:6379/")]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(s.redis.unwrap().timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_redis_timeout_out_of_range_is_refused() {
+        let err = settings(&[
+            ("STREAMTOKEN_REDIS_URL", "redis://127.0.0.1/"),
+            ("STREAMTOKEN_REDIS_TIMEOUT_MS", "0"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "STREAMTOKEN_REDIS_TIMEOUT_MS");
+    }
+}

@@ -1,0 +1,292 @@
+//! The token format: claims, signing, and verification with a distinct reason for each failure.
+//!
+//! Header `{"alg":"HS256","typ":"JWT","kid":…}`. Verification pins HS256, finds the key by `kid`,
+//! then checks signature, `exp` (with leeway), `iss` and `aud`. Single use is not decided here:
+//! see `redeem`.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::keyring::{Keyring, SigningKey};
+use crate::settings::TokenSettings;
+
+/// Longest token accepted for verification; ours are a few hundred bytes.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// Organisation of the minting API key; usage is attributed to it.
+    pub org: String,
+    pub token_type: String,
+    /// The unit of single use.
+    pub jti: Uuid,
+    pub iat: i64,
+    /// Redemption deadline: the session must be opened before it.
+    pub exp: i64,
+    /// How long the session may last, counted from redemption.
+    pub max_session_duration_seconds: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ctx: BTreeMap<String, String>,
+    /// Redemptions allowed; omitted on the wire when 1 (the default, single use).
+    #[serde(default = "single_use", skip_serializing_if = "is_single_use")]
+    pub uses: u32,
+}
+
+fn single_use() -> u32 {
+    1
+}
+
+fn is_single_use(uses: &u32) -> bool {
+    *uses == 1
+}
+
+/// Why a token was refused. The names are stable: they appear in API responses and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    Malformed,
+    AlgorithmNotAllowed,
+    UnknownKid,
+    BadSignature,
+    Expired,
+    WrongIssuer,
+    WrongAudience,
+    AlreadyUsed,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "malformed",
+            RejectReason::AlgorithmNotAllowed => "algorithm_not_allowed",
+            RejectReason::UnknownKid => "unknown_kid",
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::Expired => "expired",
+            RejectReason::WrongIssuer => "wrong_issuer",
+            RejectReason::WrongAudience => "wrong_audience",
+            RejectReason::AlreadyUsed => "already_used",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "the token is not a well-formed streamtoken JWT",
+            RejectReason::AlgorithmNotAllowed => "the token is not signed with HS256",
+            RejectReason::UnknownKid => "the token's signing key (kid) is not in the keyring",
+            RejectReason::BadSignature => "the token's signature does not verify",
+            RejectReason::Expired => "the token's redemption window has passed",
+            RejectReason::WrongIssuer => "the token was issued by another issuer",
+            RejectReason::WrongAudience => "the token is meant for another audience",
+            RejectReason::AlreadyUsed => "the token has already been used",
+        }
+    }
+}
+
+pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(key.kid().to_owned());
+    jsonwebtoken::encode(&header, claims, key.encoding())
+}
+
+/// Checks tokens against one configuration; built once at start-up, not per request.
+#[derive(Debug, Clone)]
+pub struct TokenVerifier {
+    validation: Validation,
+}
+
+impl TokenVerifier {
+    pub fn new(settings: &TokenSettings) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = settings.leeway_seconds;
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&[&settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        TokenVerifier { validation }
+    }
+
+    pub fn verify(&self, token: &str, keyring: &Keyring) -> Result<Claims, RejectReason> {
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(RejectReason::Malformed);
+        }
+        let header = peek_header(token)?;
+        if header.alg != "HS256" {
+            return Err(RejectReason::AlgorithmNotAllowed);
+        }
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| keyring.verifying_key(kid))
+            .ok_or(RejectReason::UnknownKid)?;
+        jsonwebtoken::decode::<Claims>(token, key.decoding(), &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => RejectReason::BadSignature,
+                ErrorKind::ExpiredSignature => RejectReason::Expired,
+                ErrorKind::InvalidIssuer => RejectReason::WrongIssuer,
+                ErrorKind::InvalidAudience => RejectReason::WrongAudience,
+                ErrorKind::InvalidAlgorithm => RejectReason::AlgorithmNotAllowed,
+                _ => RejectReason::Malformed,
+            })
+    }
+}
+
+#[derive(Deserialize)]
+struct PeekedHeader {
+    alg: String,
+    kid: Option<String>,
+}
+
+/// Reads `alg` and `kid` before any key is chosen, so `alg: none` and foreign algorithms are
+/// told apart from garbage.
+fn peek_header(token: &str) -> Result<PeekedHeader, RejectReason> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(RejectReason::Malformed);
+    };
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| RejectReason::Malformed)?;
+    serde_json::from_slice(&json).map_err(|_| RejectReason::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api_keys::ApiKeys;
+
+    const SECRET: &[u8] = b"fixture-secret-0123456789abcdefghij";
+
+    fn keyring_with(kids: &[&str]) -> Keyring {
+        let keys = kids
+            .iter()
+            .map(|kid| SigningKey::new(kid, SECRET).unwrap())
+            .collect();
+        Keyring::new(keys, kids[0], ApiKeys::default()).unwrap()
+    }
+
+    fn claims(exp_from_now: i64) -> Claims {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
+            iss: "streamtoken".into(),
+            aud: "streamtoken-gateway".into(),
+            org: "acme".into(),
+            token_type: "realtime".into(),
+            jti: Uuid::new_v4(),
+            iat: now,
+            exp: now + exp_from_now,
+            max_session_duration_seconds: 600,
+            ctx: BTreeMap::from([("sessionId".into(), "s-1".into())]),
+            uses: 1,
+        }
+    }
+
+    fn verifier() -> TokenVerifier {
+        TokenVerifier::new(&TokenSettings::default())
+    }
+
+    #[test]
+    fn a_minted_token_verifies_to_the_same_claims() {
+        let keyring = keyring_with(&["k1"]);
+        let claims = claims(60);
+        let token = sign(&claims, keyring.active()).unwrap();
+        assert_eq!(verifier().verify(&token, &keyring).unwrap(), claims);
+    }
+
+    /// Produced by Python's standard library (hmac, hashlib, base64, json) with SECRET and
+    /// kid "fixture": guards the wire format against silent changes on our side.
+    const PYTHON_FIXTURE: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImZpeHR1cmUifQ.eyJpc3MiOiJzdHJlYW10b2tlbiIsImF1ZCI6InN0cmVhbXRva2VuLWdhdGV3YXkiLCJvcmciOiJhY21lIiwidG9rZW5fdHlwZSI6InJlYWx0aW1lIiwianRpIjoiOWYzYjJjNGUtOGQ3YS00YjFlLTlmMmEtM2M0ZDVlNmY3YTgxIiwiaWF0IjoxNzY0MDAwMDAwLCJleHAiOjQxMDI0NDQ4MDAsIm1heF9zZXNzaW9uX2R1cmF0aW9uX3NlY29uZHMiOjM2MDAsImN0eCI6eyJjaGF0Ym90SWQiOiJib3QtMSJ9LCJ1c2VzIjozfQ.YszvWLAbHciNgGg6BYJ8Hnb0RT1lYWvVacWfN29APLE";
+
+    #[test]
+    fn a_token_minted_by_another_language_verifies() {
+        let keyring = keyring_with(&["fixture"]);
+        let claims = verifier().verify(PYTHON_FIXTURE, &keyring).unwrap();
+        assert_eq!(claims.org, "acme");
+        assert_eq!(
+            claims.jti.to_string(),
+            "9f3b2c4e-8d7a-4b1e-9f2a-3c4d5e6f7a81"
+        );
+        assert_eq!(claims.exp, 4_102_444_800);
+        assert_eq!(claims.uses, 3);
+        assert_eq!(claims.ctx["chatbotId"], "bot-1");
+    }
+
+    #[test]
+    fn each_failure_reports_its_own_reason() {
+        let keyring = keyring_with(&["k1"]);
+        let other = keyring_with(&["k2"]);
+        let good = sign(&claims(60), keyring.active()).unwrap();
+        let expired = sign(&claims(-60), keyring.active()).unwrap();
+        let mut wrong_iss = claims(60);
+        wrong_iss.iss = "someone-else".into();
+        let mut wrong_aud = claims(60);
+        wrong_aud.aud = "elsewhere".into();
+        let (head, rest) = good.split_once('.').unwrap();
+        let none_header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"alg":"none","typ":"JWT","kid":"k1"}"#);
+        let cases = [
+            (good.replace('.', ""), RejectReason::Malformed),
+            (String::new(), RejectReason::Malformed),
+            ("a".repeat(MAX_TOKEN_BYTES + 1), RejectReason::Malformed),
+            (
+                format!("{none_header}.{rest}"),
+                RejectReason::AlgorithmNotAllowed,
+            ),
+            (
+                sign(&claims(60), other.active()).unwrap(),
+                RejectReason::UnknownKid,
+            ),
+            (
+                format!("{head}.{}", rest.replacen('e', "f", 1)),
+                RejectReason::BadSignature,
+            ),
+            (expired, RejectReason::Expired),
+            (
+                sign(&wrong_iss, keyring.active()).unwrap(),
+                RejectReason::WrongIssuer,
+            ),
+            (
+                sign(&wrong_aud, keyring.active()).unwrap(),
+                RejectReason::WrongAudience,
+            ),
+        ];
+        for (token, reason) in cases {
+            assert_eq!(
+                verifier().verify(&token, &keyring),
+                Err(reason),
+                "{token:.40}"
+            );
+        }
+    }
+
+    #[test]
+    fn leeway_accepts_a_token_just_past_its_deadline() {
+        let keyring = keyring_with(&["k1"]);
+        let token = sign(&claims(-2), keyring.active()).unwrap();
+        assert!(verifier().verify(&token, &keyring).is_ok());
+        let strict = TokenVerifier::new(&TokenSettings {
+            leeway_seconds: 0,
+            ..TokenSettings::default()
+        });
+        assert_eq!(strict.verify(&token, &keyring), Err(RejectReason::Expired));
+    }
+
+    #[test]
+    fn single_use_tokens_carry_no_uses_claim() {
+        let keyring = keyring_with(&["k1"]);
+        let token = sign(&claims(60), keyring.active()).unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(value.get("uses").is_none());
+    }
+}
