@@ -1,1 +1,4 @@
+pub mod app;
+pub mod log_capture;
+pub mod process;
 pub mod redis_server;

@@ -1,0 +1,192 @@
+//! `spawn_app()`: the service in-process on port 0 with its own keys directory, plus one helper
+//! per endpoint. Each app has its own state (temp keys, memory store or a random Redis prefix).
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use streamtoken::api_keys::Scope;
+use streamtoken::key_admin::{self, NewApiKey};
+use streamtoken::keyring::KeyringHandle;
+use streamtoken::mint::{MintRequest, Minter};
+use streamtoken::settings::{RedisSettings, Secret, Settings, TokenSettings};
+use streamtoken::startup::{AppState, Application};
+use tempfile::TempDir;
+
+use super::log_capture;
+
+pub struct TestApp {
+    pub address: String,
+    /// Scopes mint + redeem, org "dev".
+    pub api_key: String,
+    pub keys_dir: TempDir,
+    pub settings: Settings,
+    pub client: reqwest::Client,
+    pub state: actix_web::web::Data<AppState>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+pub struct Options {
+    pub redis: Option<RedisSettings>,
+    pub leeway_seconds: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            redis: None,
+            leeway_seconds: TokenSettings::default().leeway_seconds,
+        }
+    }
+}
+
+pub fn redis_settings(url: &str) -> RedisSettings {
+    RedisSettings {
+        url: Secret::new(url),
+        key_prefix: format!("test-{}", uuid::Uuid::new_v4()),
+        timeout: std::time::Duration::from_millis(500),
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with_redis(url: &str) -> TestApp {
+    spawn_app_with(Options {
+        redis: Some(redis_settings(url)),
+        ..Options::default()
+    })
+    .await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    log_capture::install();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let api_key = key_admin::init_dev(keys_dir.path())
+        .unwrap()
+        .created_api_key
+        .unwrap();
+    let settings = Settings {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        keys_dir: keys_dir.path().to_owned(),
+        redis: options.redis,
+        token: TokenSettings {
+            leeway_seconds: options.leeway_seconds,
+            ..TokenSettings::default()
+        },
+        workers: 2,
+    };
+    let app = Application::build(settings.clone()).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.server_handle();
+    let state = app.state();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        api_key,
+        keys_dir,
+        settings,
+        client: reqwest::Client::new(),
+        state,
+        handle,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_json(&self, path: &str, key: Option<&str>, body: &Value) -> Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.expect("request failed")
+    }
+
+    pub async fn mint(&self, body: Value) -> Response {
+        self.post_json("/v1/tokens", Some(&self.api_key), &body).await
+    }
+
+    /// Mints and returns the token, asserting success.
+    pub async fn mint_token(&self, body: Value) -> String {
+        let response = self.mint(body).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let json: Value = response.json().await.unwrap();
+        json["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn redeem(&self, token: &str) -> Response {
+        self.post_json("/v1/tokens/redeem", Some(&self.api_key), &json!({ "token": token }))
+            .await
+    }
+
+    pub async fn introspect(&self, token: &str) -> Response {
+        self.post_json("/v1/tokens/introspect", Some(&self.api_key), &json!({ "token": token }))
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("request failed")
+    }
+
+    /// Creates another API key in this app's keys dir and reloads the keyring.
+    pub fn add_api_key(&self, org: &str, scopes: &[Scope]) -> String {
+        let key = key_admin::add_api_key(
+            self.keys_dir.path(),
+            &NewApiKey {
+                org: org.into(),
+                name: "test".into(),
+                scopes: scopes.to_vec(),
+                rate_per_minute: None,
+                credits: None,
+            },
+        )
+        .unwrap();
+        self.reload_keys();
+        key
+    }
+
+    /// What SIGHUP does in the real binary.
+    pub fn reload_keys(&self) {
+        self.state.keyring.reload().unwrap();
+    }
+
+    pub fn keyring(&self) -> Arc<KeyringHandle> {
+        self.state.keyring.clone()
+    }
+
+    /// Mints directly with the app's keyring as if the clock read `now` (e.g. in the past).
+    pub fn mint_at(&self, request: MintRequest, now: i64) -> String {
+        Minter::new(self.keyring(), self.settings.token.clone())
+            .mint_at("dev", request, now)
+            .unwrap()
+            .token
+    }
+
+    pub fn keys_path(&self) -> &Path {
+        self.keys_dir.path()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        drop(self.handle.stop(false));
+        if !std::thread::panicking() {
+            log_capture::assert_no_leaks();
+        }
+    }
+}
+
+/// Reads a JSON error envelope `{"error":{"code","message"}}` and returns the code.
+pub async fn error_code(response: Response) -> String {
+    let body: Value = response.json().await.expect("a JSON body");
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not the canonical envelope: {body}"))
+        .to_owned()
+}
