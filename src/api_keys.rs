@@ -69,19 +69,32 @@ pub struct ApiKeysFile {
 #[derive(Debug, Default)]
 pub struct ApiKeys {
     by_hash: HashMap<[u8; 32], Arc<ApiKeyRecord>>,
+    /// Each org's credit allowance: the largest `credits` among its keys.
+    credits_by_org: HashMap<String, u64>,
 }
 
 impl ApiKeys {
     pub fn from_file(file: ApiKeysFile) -> Result<Self, String> {
         let mut by_hash = HashMap::with_capacity(file.api_keys.len());
+        let mut credits_by_org: HashMap<String, u64> = HashMap::new();
         for record in file.api_keys {
             let digest = parse_digest(&record.sha256)
                 .ok_or_else(|| format!("api key {:?}: sha256 is not 64 hex digits", record.id))?;
+            if record.rate_per_minute == Some(0) {
+                return Err(format!("api key {:?}: rate_per_minute must be at least 1", record.id));
+            }
+            if let Some(credits) = record.credits {
+                let allowance = credits_by_org.entry(record.org.clone()).or_default();
+                *allowance = (*allowance).max(credits);
+            }
             if by_hash.insert(digest, Arc::new(record)).is_some() {
                 return Err("two api keys share one hash".into());
             }
         }
-        Ok(ApiKeys { by_hash })
+        Ok(ApiKeys {
+            by_hash,
+            credits_by_org,
+        })
     }
 
     /// Finds the record of a presented key. Comparing hashes, not keys, means lookup time
@@ -91,6 +104,11 @@ impl ApiKeys {
             return None;
         }
         self.by_hash.get(&hash_key(presented))
+    }
+
+    /// Total redemptions the org may make; `None` = unlimited.
+    pub fn credit_limit(&self, org: &str) -> Option<u64> {
+        self.credits_by_org.get(org).copied()
     }
 
     pub fn len(&self) -> usize {
@@ -164,6 +182,29 @@ mod tests {
         assert_eq!(keys.find(&key).unwrap().org, "acme");
         assert!(keys.find("st_wrong").is_none());
         assert!(keys.find(&"x".repeat(10_000)).is_none());
+    }
+
+    #[test]
+    fn an_orgs_credit_allowance_is_the_largest_among_its_keys() {
+        let mut records = Vec::new();
+        for (org, credits) in [("acme", Some(5)), ("acme", Some(9)), ("acme", None), ("free", None)] {
+            let mut record = record_for(&generate_key(), org, "k", vec![Scope::Mint]);
+            record.credits = credits;
+            records.push(record);
+        }
+        let keys = ApiKeys::from_file(ApiKeysFile { api_keys: records }).unwrap();
+        assert_eq!(keys.credit_limit("acme"), Some(9));
+        assert_eq!(keys.credit_limit("free"), None);
+    }
+
+    #[test]
+    fn a_rate_of_zero_is_refused() {
+        let mut record = record_for("st_x", "acme", "ci", vec![Scope::Mint]);
+        record.rate_per_minute = Some(0);
+        assert!(ApiKeys::from_file(ApiKeysFile {
+            api_keys: vec![record]
+        })
+        .is_err());
     }
 
     #[test]

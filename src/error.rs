@@ -14,6 +14,12 @@ use crate::token::RejectReason;
 pub enum ApiError {
     #[error("{0}")]
     InvalidRequest(String),
+    /// A query or path parameter out of its documented range; surfaces name the parameter.
+    #[error("{message}")]
+    InvalidParam {
+        param: &'static str,
+        message: String,
+    },
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("send the body as application/json")]
@@ -34,6 +40,10 @@ pub enum ApiError {
     TokenRejected(RejectReason),
     #[error("the replay store is unavailable; try again")]
     ReplayStoreUnavailable,
+    #[error("rate limit exceeded; retry in {retry_after_seconds} s")]
+    RateLimited { retry_after_seconds: u64 },
+    #[error("no credits remaining for this organisation")]
+    InsufficientCredits,
     #[error("internal error")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -41,7 +51,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::InvalidRequest(_) | ApiError::InvalidParam { .. } => "invalid_request",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::MissingApiKey => "missing_api_key",
@@ -53,6 +63,8 @@ impl ApiError {
             ApiError::TokenRejected(RejectReason::AlreadyUsed) => "token_already_used",
             ApiError::TokenRejected(_) => "invalid_token",
             ApiError::ReplayStoreUnavailable => "replay_store_unavailable",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::InsufficientCredits => "insufficient_credits",
             ApiError::Unexpected(_) => "internal_error",
         }
     }
@@ -68,10 +80,33 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The cause of an unexpected error goes to the log, never to the client.
+    pub fn log_if_unexpected(&self) {
+        if let ApiError::Unexpected(cause) = self {
+            log::error!("unexpected error: {cause:#}");
+        }
+    }
+
+    /// `{"error":{"code","message"}}` with the error's status; does not log.
+    pub fn canonical_response(&self) -> HttpResponse {
+        let message = self.message();
+        HttpResponse::build(self.status_code())
+            .insert_header(("cache-control", "no-store"))
+            .json(Envelope {
+                error: Body {
+                    code: self.code(),
+                    message: &message,
+                },
+            })
+    }
+}
+
 impl From<RedeemError> for ApiError {
     fn from(e: RedeemError) -> Self {
         match e {
             RedeemError::Rejected(reason) => ApiError::TokenRejected(reason),
+            RedeemError::InsufficientCredits => ApiError::InsufficientCredits,
             RedeemError::StoreUnavailable(cause) => {
                 log::warn!("{cause}");
                 ApiError::ReplayStoreUnavailable
@@ -94,7 +129,9 @@ struct Body<'a> {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest(_) | ApiError::InvalidParam { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MissingApiKey | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
@@ -104,22 +141,14 @@ impl ResponseError for ApiError {
             ApiError::TokenRejected(RejectReason::AlreadyUsed) => StatusCode::CONFLICT,
             ApiError::TokenRejected(_) => StatusCode::UNAUTHORIZED,
             ApiError::ReplayStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Unexpected(cause) = self {
-            log::error!("unexpected error: {cause:#}");
-        }
-        let message = self.message();
-        HttpResponse::build(self.status_code())
-            .insert_header(("cache-control", "no-store"))
-            .json(Envelope {
-                error: Body {
-                    code: self.code(),
-                    message: &message,
-                },
-            })
+        self.log_if_unexpected();
+        self.canonical_response()
     }
 }

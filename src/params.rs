@@ -82,6 +82,12 @@ impl TokenType {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The fixed type a compatibility route mints; checked by this module's tests.
+    pub(crate) fn fixed(value: &'static str) -> Self {
+        debug_assert!(TokenType::parse(value).is_ok(), "{value}");
+        TokenType(value.to_owned())
+    }
 }
 
 impl Default for TokenType {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::keyring::KeyringHandle;
-use crate::replay::{Consumed, ReplayStore, StoreUnavailable};
+use crate::replay::{Consumed, ReplayStore, StoreUnavailable, UseOf};
 use crate::settings::TokenSettings;
 use crate::token::{Claims, RejectReason, TokenVerifier};
 
@@ -23,6 +23,9 @@ pub struct Redemption {
 pub enum RedeemError {
     #[error("token rejected: {}", .0.as_str())]
     Rejected(RejectReason),
+    /// The org has spent its credits; the token was not consumed and can be redeemed later.
+    #[error("the organisation has no credits left")]
+    InsufficientCredits,
     #[error(transparent)]
     StoreUnavailable(#[from] StoreUnavailable),
 }
@@ -68,18 +71,24 @@ impl Redeemer {
     /// Verifies `token` and records one use. Fails closed: a store that cannot answer is an
     /// error, never an acceptance.
     pub async fn redeem(&self, token: &str) -> Result<Redemption, RedeemError> {
-        let claims = self.verify(token).map_err(RedeemError::Rejected)?;
+        let keyring = self.keyring.snapshot();
+        let claims = self
+            .verifier
+            .verify(token, &keyring)
+            .map_err(RedeemError::Rejected)?;
         let consumed = self
             .store
-            .consume_once(
-                claims.jti,
-                &claims.org,
-                claims.uses,
-                self.entry_expiry(&claims),
-            )
+            .consume_once(UseOf {
+                jti: claims.jti,
+                org: &claims.org,
+                allowed_uses: claims.uses,
+                expires_at: self.entry_expiry(&claims),
+                credit_limit: keyring.api_keys().credit_limit(&claims.org),
+            })
             .await?;
         match consumed {
             Consumed::AlreadyUsed => Err(RedeemError::Rejected(RejectReason::AlreadyUsed)),
+            Consumed::NoCredits => Err(RedeemError::InsufficientCredits),
             Consumed::Accepted { uses_remaining } => {
                 let session = chrono::Duration::seconds(claims.max_session_duration_seconds.into());
                 Ok(Redemption {

@@ -17,6 +17,82 @@ pub struct Settings {
     pub token: TokenSettings,
     /// actix worker threads; defaults to the number of cores.
     pub workers: usize,
+    /// Each org's minting quota, unless one of its keys sets its own.
+    pub rate_limit: RateQuota,
+    pub compat: CompatFamilies,
+}
+
+/// A token-bucket quota: `burst` requests at once, refilled at `per_minute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateQuota {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+impl RateQuota {
+    pub fn per_minute(n: u32) -> Self {
+        RateQuota {
+            per_minute: n,
+            burst: n,
+        }
+    }
+}
+
+/// Which vendor-compatible route families are served; a disabled family answers 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompatFamilies {
+    /// `GET /v3/token`
+    pub assemblyai: bool,
+    /// `POST /v1/single-use-token/{token_type}`
+    pub elevenlabs: bool,
+    /// `GET /api/v1/token`
+    pub stream: bool,
+    /// `GET|POST /api/v1/chat/token`
+    pub chat: bool,
+}
+
+impl CompatFamilies {
+    pub const NAMES: [&'static str; 4] = ["assemblyai", "elevenlabs", "stream", "chat"];
+
+    pub fn all() -> Self {
+        CompatFamilies {
+            assemblyai: true,
+            elevenlabs: true,
+            stream: true,
+            chat: true,
+        }
+    }
+
+    /// `all`, `none`, or a comma-separated list of family names.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut families = CompatFamilies {
+            assemblyai: false,
+            elevenlabs: false,
+            stream: false,
+            chat: false,
+        };
+        match value.trim() {
+            "all" => return Ok(Self::all()),
+            "none" => return Ok(families),
+            list => {
+                for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    match name {
+                        "assemblyai" => families.assemblyai = true,
+                        "elevenlabs" => families.elevenlabs = true,
+                        "stream" => families.stream = true,
+                        "chat" => families.chat = true,
+                        other => {
+                            return Err(format!(
+                                "unknown family {other:?}; use all, none, or a list of {}",
+                                Self::NAMES.join(", ")
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        Ok(families)
+    }
 }
 
 /// What every token carries and how strictly it is checked.
@@ -71,6 +147,8 @@ pub const DEFAULT_LEEWAY_SECONDS: u64 = 5;
 pub const MAX_LEEWAY_SECONDS: u64 = 300;
 pub const DEFAULT_REDIS_PREFIX: &str = "streamtoken";
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 500;
+pub const DEFAULT_RATE_PER_MINUTE: u64 = 600;
+pub const MAX_RATE_PER_MINUTE: u64 = 100_000_000;
 
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -119,6 +197,29 @@ impl Settings {
             },
             workers: env.number("STREAMTOKEN_WORKERS", default_workers() as u64, 1..=1024)?
                 as usize,
+            rate_limit: {
+                let per_minute = env.number(
+                    "STREAMTOKEN_RATE_PER_MINUTE",
+                    DEFAULT_RATE_PER_MINUTE,
+                    1..=MAX_RATE_PER_MINUTE,
+                )?;
+                let burst =
+                    env.number("STREAMTOKEN_RATE_BURST", per_minute, 1..=MAX_RATE_PER_MINUTE)?;
+                RateQuota {
+                    per_minute: per_minute as u32,
+                    burst: burst as u32,
+                }
+            },
+            compat: {
+                let value = env
+                    .text("STREAMTOKEN_COMPAT")
+                    .unwrap_or_else(|| "all".into());
+                CompatFamilies::parse(&value).map_err(|reason| ConfigError {
+                    variable: "STREAMTOKEN_COMPAT",
+                    value,
+                    reason,
+                })?
+            },
         })
     }
 }
@@ -213,6 +314,23 @@ mod tests {
         assert_eq!(s.token.issuer, "streamtoken");
         assert_eq!(s.token.audience, "streamtoken-gateway");
         assert_eq!(s.token.leeway_seconds, 5);
+        assert_eq!(s.rate_limit, RateQuota::per_minute(600));
+        assert_eq!(s.compat, CompatFamilies::all());
+    }
+
+    #[test]
+    fn compat_families_can_be_chosen_by_name() {
+        let s = settings(&[("STREAMTOKEN_COMPAT", "assemblyai, chat")]).unwrap();
+        assert!(s.compat.assemblyai && s.compat.chat);
+        assert!(!s.compat.elevenlabs && !s.compat.stream);
+        let none = settings(&[("STREAMTOKEN_COMPAT", "none")]).unwrap().compat;
+        assert!(!(none.assemblyai || none.elevenlabs || none.stream || none.chat));
+    }
+
+    #[test]
+    fn the_burst_defaults_to_the_per_minute_rate() {
+        let s = settings(&[("STREAMTOKEN_RATE_PER_MINUTE", "5")]).unwrap();
+        assert_eq!(s.rate_limit, RateQuota { per_minute: 5, burst: 5 });
     }
 
     #[test]
@@ -225,6 +343,9 @@ mod tests {
             ("STREAMTOKEN_ISSUER", "has space"),
             ("STREAMTOKEN_WORKERS", "0"),
             ("STREAMTOKEN_REDIS_URL", "http://not-redis"),
+            ("STREAMTOKEN_RATE_PER_MINUTE", "0"),
+            ("STREAMTOKEN_RATE_BURST", "1.5"),
+            ("STREAMTOKEN_COMPAT", "assemblyai,nope"),
         ] {
             let err = settings(&[(var, value)]).expect_err(var);
             assert_eq!(err.variable, var, "{value}");

@@ -9,9 +9,10 @@ use anyhow::Context;
 
 use crate::keyring::KeyringHandle;
 use crate::mint::Minter;
+use crate::rate_limit::RateLimiter;
 use crate::redeem::Redeemer;
 use crate::replay::{MemoryStore, RedisStore, ReplayStore};
-use crate::settings::Settings;
+use crate::settings::{CompatFamilies, Settings};
 use crate::{access_log, routes};
 
 /// Shared by every worker; cheap to clone behind `web::Data`.
@@ -19,6 +20,7 @@ pub struct AppState {
     pub keyring: Arc<KeyringHandle>,
     pub minter: Minter,
     pub redeemer: Redeemer,
+    pub rate_limiter: RateLimiter,
 }
 
 impl AppState {
@@ -40,6 +42,7 @@ impl AppState {
         Ok(AppState {
             minter: Minter::new(keyring.clone(), settings.token.clone()),
             redeemer: Redeemer::new(keyring.clone(), &settings.token, store),
+            rate_limiter: RateLimiter::new(settings.rate_limit),
             keyring,
         })
     }
@@ -57,7 +60,7 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("binding STREAMTOKEN_BIND={}", settings.bind))?;
         let address = listener.local_addr()?;
-        let server = run(listener, state.clone(), settings.workers)?;
+        let server = run(listener, state.clone(), settings.workers, settings.compat)?;
         Ok(Application {
             address,
             server,
@@ -90,12 +93,13 @@ pub fn run(
     listener: TcpListener,
     state: web::Data<AppState>,
     workers: usize,
+    compat_families: CompatFamilies,
 ) -> std::io::Result<Server> {
     let server = HttpServer::new(move || {
         App::new()
             .wrap(access_log::logger())
             .app_data(state.clone())
-            .configure(routes::configure)
+            .configure(|cfg| routes::configure(cfg, compat_families))
             .default_service(web::to(routes::not_found))
     })
     .workers(workers)

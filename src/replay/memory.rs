@@ -8,7 +8,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use uuid::Uuid;
 
-use super::{Consumed, ReplayStore, StoreUnavailable};
+use super::{Consumed, ReplayStore, StoreUnavailable, Usage, UseOf};
 
 /// How often expired entries are dropped. Memory is bounded by tokens alive in the last interval.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -23,6 +23,7 @@ struct Uses {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     entries: DashMap<Uuid, Uses>,
+    usage: DashMap<String, Usage>,
 }
 
 impl MemoryStore {
@@ -44,31 +45,16 @@ impl MemoryStore {
         self.entries.retain(|_, uses| uses.expires_at >= now);
     }
 
-    /// Sweeps on an interval for as long as the store is referenced elsewhere.
-    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
-        let store = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(store) = store.upgrade() else { break };
-                store.sweep_expired(chrono::Utc::now().timestamp());
-            }
-        });
+    /// Takes back one recorded use (a redemption refused for lack of credit).
+    fn release(&self, jti: Uuid) {
+        if let Some(mut uses) = self.entries.get_mut(&jti) {
+            uses.recorded -= 1;
+        }
+        self.entries.remove_if(&jti, |_, uses| uses.recorded == 0);
     }
-}
 
-#[async_trait]
-impl ReplayStore for MemoryStore {
-    async fn consume_once(
-        &self,
-        jti: Uuid,
-        _org: &str,
-        allowed_uses: u32,
-        expires_at: i64,
-    ) -> Result<Consumed, StoreUnavailable> {
-        Ok(match self.entries.entry(jti) {
+    fn record_use(&self, jti: Uuid, allowed_uses: u32, expires_at: i64) -> Consumed {
+        match self.entries.entry(jti) {
             Entry::Vacant(slot) => {
                 slot.insert(Uses {
                     recorded: 1,
@@ -89,7 +75,40 @@ impl ReplayStore for MemoryStore {
                     }
                 }
             }
-        })
+        }
+    }
+
+    /// Sweeps on an interval for as long as the store is referenced elsewhere.
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(store) = store.upgrade() else { break };
+                store.sweep_expired(chrono::Utc::now().timestamp());
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl ReplayStore for MemoryStore {
+    async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable> {
+        let consumed = self.record_use(use_of.jti, use_of.allowed_uses, use_of.expires_at);
+        if consumed == Consumed::AlreadyUsed {
+            return Ok(consumed);
+        }
+        // The org's entry lock serialises charges, so concurrent redemptions cannot overspend.
+        let mut usage = self.usage.entry(use_of.org.to_owned()).or_default();
+        if use_of.credit_limit.is_some_and(|limit| usage.redeemed >= limit) {
+            drop(usage);
+            self.release(use_of.jti);
+            return Ok(Consumed::NoCredits);
+        }
+        usage.redeemed += 1;
+        Ok(consumed)
     }
 
     async fn uses_recorded(&self, jti: Uuid, allowed_uses: u32) -> Result<u32, StoreUnavailable> {
@@ -97,6 +116,14 @@ impl ReplayStore for MemoryStore {
             .entries
             .get(&jti)
             .map_or(0, |uses| uses.recorded.min(allowed_uses)))
+    }
+
+    fn record_minted(&self, org: &str) {
+        self.usage.entry(org.to_owned()).or_default().minted += 1;
+    }
+
+    async fn usage(&self, org: &str) -> Result<Usage, StoreUnavailable> {
+        Ok(self.usage.get(org).map_or_else(Usage::default, |u| *u))
     }
 
     async fn ping(&self) -> Result<(), StoreUnavailable> {
@@ -116,17 +143,27 @@ mod tests {
         chrono::Utc::now().timestamp()
     }
 
+    fn use_of(jti: Uuid, allowed_uses: u32, expires_at: i64) -> UseOf<'static> {
+        UseOf {
+            jti,
+            org: "acme",
+            allowed_uses,
+            expires_at,
+            credit_limit: None,
+        }
+    }
+
     #[tokio::test]
     async fn a_single_use_token_is_accepted_once() {
         let store = MemoryStore::new();
         let jti = Uuid::new_v4();
         let first = store
-            .consume_once(jti, "acme", 1, now() + 60)
+            .consume_once(use_of(jti, 1, now() + 60))
             .await
             .unwrap();
         assert_eq!(first, Consumed::Accepted { uses_remaining: 0 });
         let second = store
-            .consume_once(jti, "acme", 1, now() + 60)
+            .consume_once(use_of(jti, 1, now() + 60))
             .await
             .unwrap();
         assert_eq!(second, Consumed::AlreadyUsed);
@@ -141,7 +178,7 @@ mod tests {
         for _ in 0..4 {
             outcomes.push(
                 store
-                    .consume_once(jti, "acme", 3, now() + 60)
+                    .consume_once(use_of(jti, 3, now() + 60))
                     .await
                     .unwrap(),
             );
@@ -164,7 +201,7 @@ mod tests {
         let tasks: Vec<_> = (0..1000)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.consume_once(jti, "acme", 1, now() + 60).await })
+                tokio::spawn(async move { store.consume_once(use_of(jti, 1, now() + 60)).await })
             })
             .collect();
         let mut accepted = 0;
@@ -182,7 +219,7 @@ mod tests {
         let expires_at = now() + 30;
         for _ in 0..100_000 {
             store
-                .consume_once(Uuid::new_v4(), "acme", 1, expires_at)
+                .consume_once(use_of(Uuid::new_v4(), 1, expires_at))
                 .await
                 .unwrap();
         }
@@ -197,11 +234,50 @@ mod tests {
         assert_eq!(store.len(), 0);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn credits_are_spent_by_redemptions_and_never_overspent_under_concurrency() {
+        let store = Arc::new(MemoryStore::new());
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut use_of = use_of(Uuid::new_v4(), 1, now() + 60);
+                    use_of.credit_limit = Some(50);
+                    store.consume_once(use_of).await.unwrap()
+                })
+            })
+            .collect();
+        let mut accepted = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Consumed::Accepted { .. } => accepted += 1,
+                other => assert_eq!(other, Consumed::NoCredits),
+            }
+        }
+        assert_eq!(accepted, 50);
+        assert_eq!(store.usage("acme").await.unwrap().redeemed, 50);
+        assert_eq!(store.len(), 50, "refused redemptions leave no consumed jti behind");
+    }
+
+    #[tokio::test]
+    async fn a_token_refused_for_credit_can_be_redeemed_once_credit_exists() {
+        let store = MemoryStore::new();
+        let jti = Uuid::new_v4();
+        let mut first = use_of(jti, 1, now() + 60);
+        first.credit_limit = Some(0);
+        assert_eq!(store.consume_once(first).await.unwrap(), Consumed::NoCredits);
+        first.credit_limit = Some(1);
+        assert_eq!(
+            store.consume_once(first).await.unwrap(),
+            Consumed::Accepted { uses_remaining: 0 }
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_sweeper_runs_by_itself() {
         let store = Arc::new(MemoryStore::new());
         store
-            .consume_once(Uuid::new_v4(), "acme", 1, now() - 1)
+            .consume_once(use_of(Uuid::new_v4(), 1, now() - 1))
             .await
             .unwrap();
         store.spawn_sweeper(Duration::from_secs(5));

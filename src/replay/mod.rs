@@ -18,13 +18,35 @@ pub fn memory_sweep_interval() -> std::time::Duration {
 use async_trait::async_trait;
 use uuid::Uuid;
 
+/// One redemption to record: a use of `jti`, charged to `org`.
+#[derive(Debug, Clone, Copy)]
+pub struct UseOf<'a> {
+    pub jti: Uuid,
+    pub org: &'a str,
+    pub allowed_uses: u32,
+    /// Unix seconds after which the token cannot verify, so the entry may go.
+    pub expires_at: i64,
+    /// The org's credit allowance (total redemptions it may make); `None` = unlimited.
+    pub credit_limit: Option<u64>,
+}
+
 /// Result of trying to record one use of a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consumed {
-    /// The use was recorded; this many remain.
+    /// The use was recorded (and charged); this many remain.
     Accepted { uses_remaining: u32 },
     /// Every allowed use was already taken.
     AlreadyUsed,
+    /// The org has no credit left; nothing was consumed or charged.
+    NoCredits,
+}
+
+/// An org's counters, shared by every process on the same store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub minted: u64,
+    /// Successful redemptions; with a credit allowance, each one spent a credit.
+    pub redeemed: u64,
 }
 
 /// The store could not answer. Callers must fail closed: no answer is never a "yes".
@@ -34,18 +56,18 @@ pub struct StoreUnavailable(pub String);
 
 #[async_trait]
 pub trait ReplayStore: Send + Sync + 'static {
-    /// Atomically records one use of `jti` out of `allowed_uses`. The entry lives until
-    /// `expires_at` (unix seconds), after which the token cannot verify anyway.
-    async fn consume_once(
-        &self,
-        jti: Uuid,
-        org: &str,
-        allowed_uses: u32,
-        expires_at: i64,
-    ) -> Result<Consumed, StoreUnavailable>;
+    /// Atomically records one use of the token and counts the redemption for its org. With a
+    /// credit limit, a redemption that would exceed it records nothing and returns `NoCredits`.
+    async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable>;
 
     /// How many uses of `jti` have been recorded (at most `allowed_uses`), without recording one.
     async fn uses_recorded(&self, jti: Uuid, allowed_uses: u32) -> Result<u32, StoreUnavailable>;
+
+    /// Counts a minted token. Best effort and never awaited by minting, which must not depend on
+    /// the store: a lost increment only makes `/v1/usage` low.
+    fn record_minted(&self, org: &str);
+
+    async fn usage(&self, org: &str) -> Result<Usage, StoreUnavailable>;
 
     /// Whether the store answers; drives `/readyz`.
     async fn ping(&self) -> Result<(), StoreUnavailable>;

@@ -1,8 +1,10 @@
 //! Redis replay store, shared by a fleet of issuers and gateways.
 //!
 //! A single-use token is consumed with `SET <prefix>:<jti> <org> NX EXAT <expires_at>`: one
-//! atomic command on one key, so it works on a standalone Redis and on Redis Cluster alike. A
-//! multi-use token counts its uses with a small Lua script (INCR + EXPIREAT on one key).
+//! atomic command on one key. A multi-use token counts its uses with a small Lua script (INCR +
+//! EXPIREAT on one key). Usage counters live at `<prefix>:usage:<org>:{minted,redeemed}`; a credit
+//! charge is a conditional INCR of the redeemed counter, again one key. Every step touches a
+//! single key, so the store works on a standalone Redis and on Redis Cluster alike.
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use uuid::Uuid;
 
-use super::{Consumed, ReplayStore, StoreUnavailable};
+use super::{Consumed, ReplayStore, StoreUnavailable, Usage, UseOf};
 use crate::settings::RedisSettings;
 
 /// Records one use of a multi-use token; returns the uses left, or -1 when none were left.
@@ -23,11 +25,18 @@ if n > allowed then return -1 end
 return allowed - n
 ";
 
+/// Spends one credit if the org has one left: returns the new count, or -1 when spent out.
+const CHARGE_CREDIT: &str = r"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= tonumber(ARGV[1]) then return -1 end
+return redis.call('INCR', KEYS[1])
+";
+
 pub struct RedisStore {
     conn: ConnectionManager,
     key_prefix: String,
     timeout: Duration,
-    consume_counted: redis::Script,
+    charge_credit: redis::Script,
 }
 
 impl RedisStore {
@@ -45,12 +54,48 @@ impl RedisStore {
             conn: ConnectionManager::new_lazy_with_config(client, config)?,
             key_prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
-            consume_counted: redis::Script::new(CONSUME_COUNTED),
+            charge_credit: redis::Script::new(CHARGE_CREDIT),
         })
     }
 
     fn key(&self, jti: Uuid) -> String {
         format!("{}:{}", self.key_prefix, jti.as_hyphenated())
+    }
+
+    fn usage_key(&self, org: &str, counter: &str) -> String {
+        format!("{}:usage:{org}:{counter}", self.key_prefix)
+    }
+
+    /// The one command that records a use: `SET NX EXAT` for single use, the script otherwise.
+    fn record_use(&self, key: &str, use_of: &UseOf<'_>) -> redis::Cmd {
+        if use_of.allowed_uses <= 1 {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key)
+                .arg(use_of.org)
+                .arg("NX")
+                .arg("EXAT")
+                .arg(use_of.expires_at);
+            cmd
+        } else {
+            // Plain EVAL: multi-use tokens are rare, and a restarted Redis that forgot the
+            // script cannot turn into an error here.
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(CONSUME_COUNTED)
+                .arg(1)
+                .arg(key)
+                .arg(use_of.allowed_uses)
+                .arg(use_of.expires_at);
+            cmd
+        }
+    }
+
+    /// Takes back a use recorded for a redemption that was then refused for lack of credit.
+    async fn release(&self, key: &str, allowed_uses: u32) -> Result<(), StoreUnavailable> {
+        let mut conn = self.conn.clone();
+        let command = if allowed_uses <= 1 { "DEL" } else { "DECR" };
+        self.bounded(redis::cmd(command).arg(key).query_async::<i64>(&mut conn))
+            .await
+            .map(drop)
     }
 
     /// Bounds every call by the configured timeout, whatever the connection is doing: a paused or
@@ -72,45 +117,40 @@ impl RedisStore {
 
 #[async_trait]
 impl ReplayStore for RedisStore {
-    async fn consume_once(
-        &self,
-        jti: Uuid,
-        org: &str,
-        allowed_uses: u32,
-        expires_at: i64,
-    ) -> Result<Consumed, StoreUnavailable> {
-        let key = self.key(jti);
+    async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable> {
+        let key = self.key(use_of.jti);
+        let redeemed = self.usage_key(use_of.org, "redeemed");
+        let record = self.record_use(&key, &use_of);
         let mut conn = self.conn.clone();
-        if allowed_uses <= 1 {
-            let set: Option<String> = self
-                .bounded(
-                    redis::cmd("SET")
-                        .arg(&key)
-                        .arg(org)
-                        .arg("NX")
-                        .arg("EXAT")
-                        .arg(expires_at)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            return Ok(match set {
-                Some(_) => Consumed::Accepted { uses_remaining: 0 },
-                None => Consumed::AlreadyUsed,
-            });
+        let Some(limit) = use_of.credit_limit else {
+            // One round trip records the use and counts it; a replay gives its count back.
+            let mut both = redis::pipe();
+            both.add_command(record).cmd("INCR").arg(&redeemed).ignore();
+            let (reply,): (redis::Value,) = self.bounded(both.query_async(&mut conn)).await?;
+            let outcome = consumed(&reply);
+            if outcome == Consumed::AlreadyUsed {
+                self.bounded(redis::cmd("DECR").arg(&redeemed).query_async::<i64>(&mut conn))
+                    .await?;
+            }
+            return Ok(outcome);
+        };
+        let outcome = consumed(&self.bounded(record.query_async(&mut conn)).await?);
+        if outcome == Consumed::AlreadyUsed {
+            return Ok(outcome);
         }
-        let left: i64 = self
+        let charged: i64 = self
             .bounded(
-                self.consume_counted
-                    .key(&key)
-                    .arg(allowed_uses)
-                    .arg(expires_at)
+                self.charge_credit
+                    .key(&redeemed)
+                    .arg(limit)
                     .invoke_async(&mut conn),
             )
             .await?;
-        Ok(match u32::try_from(left) {
-            Ok(uses_remaining) => Consumed::Accepted { uses_remaining },
-            Err(_) => Consumed::AlreadyUsed,
-        })
+        if charged < 0 {
+            self.release(&key, use_of.allowed_uses).await?;
+            return Ok(Consumed::NoCredits);
+        }
+        Ok(outcome)
     }
 
     async fn uses_recorded(&self, jti: Uuid, allowed_uses: u32) -> Result<u32, StoreUnavailable> {
@@ -126,6 +166,36 @@ impl ReplayStore for RedisStore {
         })
     }
 
+    fn record_minted(&self, org: &str) {
+        let mut conn = self.conn.clone();
+        let key = self.usage_key(org, "minted");
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let mut incr = redis::cmd("INCR");
+            incr.arg(key);
+            let incr = incr.query_async::<i64>(&mut conn);
+            if !matches!(tokio::time::timeout(timeout, incr).await, Ok(Ok(_))) {
+                log::debug!("could not count a minted token; /v1/usage will read low");
+            }
+        });
+    }
+
+    async fn usage(&self, org: &str) -> Result<Usage, StoreUnavailable> {
+        let mut conn = self.conn.clone();
+        let (minted, redeemed): (Option<u64>, Option<u64>) = self
+            .bounded(
+                redis::cmd("MGET")
+                    .arg(self.usage_key(org, "minted"))
+                    .arg(self.usage_key(org, "redeemed"))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(Usage {
+            minted: minted.unwrap_or(0),
+            redeemed: redeemed.unwrap_or(0),
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreUnavailable> {
         let mut conn = self.conn.clone();
         self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
@@ -135,5 +205,17 @@ impl ReplayStore for RedisStore {
 
     fn backend(&self) -> &'static str {
         "redis"
+    }
+}
+
+/// Reads what `SET NX` (OK / nil) or the counting script (uses left / -1) answered.
+fn consumed(reply: &redis::Value) -> Consumed {
+    match reply {
+        redis::Value::Nil => Consumed::AlreadyUsed,
+        redis::Value::Int(left) => match u32::try_from(*left) {
+            Ok(uses_remaining) => Consumed::Accepted { uses_remaining },
+            Err(_) => Consumed::AlreadyUsed,
+        },
+        _ => Consumed::Accepted { uses_remaining: 0 },
     }
 }

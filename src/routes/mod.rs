@@ -1,21 +1,26 @@
 //! HTTP surfaces. Each module is one surface; shared behaviour lives in the cores they call.
 
+mod compat;
 mod health;
 mod tokens;
+mod usage;
 
 use actix_web::{web, HttpResponse};
 
 use crate::error::ApiError;
+use crate::settings::CompatFamilies;
 
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut web::ServiceConfig, compat_families: CompatFamilies) {
     cfg.service(resource("/v1/tokens").route(web::post().to(tokens::mint)))
         .service(resource("/v1/tokens/redeem").route(web::post().to(tokens::redeem)))
         .service(resource("/v1/tokens/introspect").route(web::post().to(tokens::introspect)))
         .service(resource("/healthz").route(web::get().to(health::healthz)))
         .service(resource("/readyz").route(web::get().to(health::readyz)))
+        .service(resource("/v1/usage").route(web::get().to(usage::usage)))
         .service(resource("/openapi.yaml").route(web::get().to(openapi)));
+    compat::configure(cfg, compat_families);
 }
 
 /// A resource whose wrong-method answer is a JSON error, not actix's empty 405.

@@ -11,7 +11,8 @@ use crate::api_keys::Scope;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::json_body::read_json;
-use crate::mint::MintRequest;
+use crate::issuance::issue;
+use crate::mint::{MintRequest, MintedToken};
 use crate::params::{Ctx, ExpiresIn, InvalidParam, SessionDuration, TokenType, Uses};
 use crate::startup::AppState;
 use crate::token::Claims;
@@ -72,7 +73,7 @@ struct MintResponse<'a> {
     token: &'a str,
     token_type: &'a str,
     jti: String,
-    expires_in_seconds: u32,
+    expires_in_seconds: i64,
     expires_at: String,
     max_session_duration_seconds: u32,
     uses: u32,
@@ -81,27 +82,27 @@ struct MintResponse<'a> {
 pub async fn mint(
     req: HttpRequest,
     payload: web::Payload,
-    caller: Caller,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let key = caller.require(Scope::Mint)?;
-    let body: MintBody = read_json(&req, payload).await?;
-    let request = MintRequest::try_from(body).map_err(|e| ApiError::InvalidRequest(e.0))?;
-    let expires_in_seconds = request.expires_in.get();
-    let minted = state.minter.mint(&key.org, request)?;
-    Ok(HttpResponse::Ok()
-        .insert_header(("cache-control", "no-store"))
-        .json(MintResponse {
-            token: &minted.token,
-            token_type: &minted.claims.token_type,
-            jti: minted.claims.jti.to_string(),
-            expires_in_seconds,
-            expires_at: minted
-                .expires_at()
-                .to_rfc3339_opts(SecondsFormat::Secs, true),
-            max_session_duration_seconds: minted.claims.max_session_duration_seconds,
-            uses: minted.claims.uses,
-        }))
+) -> HttpResponse {
+    let parsed = read_json::<MintBody>(&req, payload)
+        .await
+        .and_then(|body| MintRequest::try_from(body).map_err(|e| ApiError::InvalidRequest(e.0)));
+    issue(&req, &state, parsed)
+        .await
+        .respond(render_minted, ApiError::canonical_response)
+}
+
+fn render_minted(minted: &MintedToken) -> HttpResponse {
+    let claims = &minted.claims;
+    HttpResponse::Ok().json(MintResponse {
+        token: &minted.token,
+        token_type: &claims.token_type,
+        jti: claims.jti.to_string(),
+        expires_in_seconds: claims.exp - claims.iat,
+        expires_at: minted.expires_at().to_rfc3339_opts(SecondsFormat::Secs, true),
+        max_session_duration_seconds: claims.max_session_duration_seconds,
+        uses: claims.uses,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
