@@ -43,7 +43,7 @@ fn is_secret_param(name: &str) -> bool {
 
 /// Masks JWT-looking (`eyJ…`) and API-key-looking (`st_…`) runs, so a credential pasted into
 /// the wrong place still stays out of the log.
-fn mask_secret_shapes(text: &str) -> String {
+pub fn mask_secret_shapes(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = ["eyJ", "st_"]

@@ -27,8 +27,12 @@ impl Caller {
 /// The key as presented, whichever header carried it; `None` when absent or blank.
 pub fn presented_key(req: &HttpRequest) -> Option<&str> {
     let headers = req.headers();
-    let raw = match headers.get("xi-api-key") {
-        Some(value) => value.to_str().ok()?,
+    let xi_api_key = headers
+        .get("xi-api-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty());
+    let raw = match xi_api_key {
+        Some(value) => value,
         None => {
             let value = headers.get("authorization")?.to_str().ok()?.trim();
             match value.split_once(' ') {
@@ -84,6 +88,15 @@ mod tests {
                 .to_http_request();
             assert_eq!(presented_key(&req), Some("st_abc"), "{name}: {value}");
         }
+    }
+
+    #[test]
+    fn a_blank_xi_api_key_header_does_not_hide_an_authorization_header() {
+        let req = TestRequest::default()
+            .insert_header(("xi-api-key", " "))
+            .insert_header(("authorization", "Bearer st_abc"))
+            .to_http_request();
+        assert_eq!(presented_key(&req), Some("st_abc"));
     }
 
     #[test]

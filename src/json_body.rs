@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
+use crate::access_log;
 use crate::error::ApiError;
 
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -52,11 +53,23 @@ pub async fn read_json<T: DeserializeOwned + Default>(
         }
         body.extend_from_slice(&chunk);
     }
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(T::default());
+    };
+    // serde would also read a struct from a JSON array; our bodies are objects only.
+    if *first != b'{' {
+        return Err(ApiError::InvalidRequest(
+            "the body must be a JSON object".into(),
+        ));
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&body).map_err(|e| {
+        // serde quotes the offending value, which may be a token pasted into the wrong field:
+        // mask credential-shaped text before it reaches the client or the debug log.
+        ApiError::InvalidRequest(format!(
+            "invalid JSON body: {}",
+            access_log::mask_secret_shapes(&e.to_string())
+        ))
+    })
 }
 
 #[cfg(test)]

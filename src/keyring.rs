@@ -195,14 +195,15 @@ impl KeyringHandle {
 
     /// Re-reads the directory. On error the running keyring stays in place.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let fresh = Keyring::load(&self.dir)?;
+        let fresh = Arc::new(Keyring::load(&self.dir)?);
+        self.current.store(fresh.clone());
+        // Logged after the swap: whoever waits for this line sees the new keys in effect.
         log::info!(
             "keyring reloaded: active key {:?}, {} verifying key(s), {} API key(s)",
             fresh.active().kid(),
             fresh.verifying.len(),
             fresh.api_keys().len()
         );
-        self.current.store(Arc::new(fresh));
         Ok(())
     }
 }

@@ -38,14 +38,18 @@ impl TryFrom<MintBody> for MintRequest {
             token_type: body
                 .token_type
                 .map_or(Ok(defaults.token_type), |t| TokenType::parse(&t))?,
-            expires_in: seconds(body.expires_in_seconds, defaults.expires_in, |n| {
-                ExpiresIn::parse(n)
-            })?,
-            session: seconds(body.max_session_duration_seconds, defaults.session, |n| {
-                SessionDuration::parse(n)
-            })?,
+            expires_in: seconds(
+                body.expires_in_seconds,
+                defaults.expires_in,
+                ExpiresIn::parse,
+            )?,
+            session: seconds(
+                body.max_session_duration_seconds,
+                defaults.session,
+                SessionDuration::parse,
+            )?,
             ctx: body.ctx.map_or(Ok(defaults.ctx), Ctx::parse)?,
-            uses: seconds(body.uses, defaults.uses, |n| Uses::parse(n))?,
+            uses: seconds(body.uses, defaults.uses, Uses::parse)?,
         })
     }
 }

@@ -1,1 +1,5 @@
+mod canonical;
+mod cli;
+mod redis;
+mod rotation;
 mod support;

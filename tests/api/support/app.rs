@@ -109,7 +109,8 @@ impl TestApp {
     }
 
     pub async fn mint(&self, body: Value) -> Response {
-        self.post_json("/v1/tokens", Some(&self.api_key), &body).await
+        self.post_json("/v1/tokens", Some(&self.api_key), &body)
+            .await
     }
 
     /// Mints and returns the token, asserting success.
@@ -121,17 +122,29 @@ impl TestApp {
     }
 
     pub async fn redeem(&self, token: &str) -> Response {
-        self.post_json("/v1/tokens/redeem", Some(&self.api_key), &json!({ "token": token }))
-            .await
+        self.post_json(
+            "/v1/tokens/redeem",
+            Some(&self.api_key),
+            &json!({ "token": token }),
+        )
+        .await
     }
 
     pub async fn introspect(&self, token: &str) -> Response {
-        self.post_json("/v1/tokens/introspect", Some(&self.api_key), &json!({ "token": token }))
-            .await
+        self.post_json(
+            "/v1/tokens/introspect",
+            Some(&self.api_key),
+            &json!({ "token": token }),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Response {
-        self.client.get(self.url(path)).send().await.expect("request failed")
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request failed")
     }
 
     /// Creates another API key in this app's keys dir and reloads the keyring.

@@ -63,5 +63,9 @@ pub fn lines_seen() -> usize {
 
 pub fn assert_no_leaks() {
     let leaks = leaked_lines();
-    assert!(leaks.is_empty(), "secrets reached the log:\n{}", leaks.join("\n"));
+    assert!(
+        leaks.is_empty(),
+        "secrets reached the log:\n{}",
+        leaks.join("\n")
+    );
 }

@@ -68,7 +68,12 @@ impl ServerProcess {
         let address = first
             .trim()
             .strip_prefix("streamtoken listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}; log: {:?}", log.lock().unwrap()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {first:?}; log: {:?}",
+                    log.lock().unwrap()
+                )
+            })
             .to_owned();
         ServerProcess {
             child,

@@ -1,0 +1,506 @@
+//! The Redis replay store end to end: single use and counted use, the race for one token inside
+//! one server and across two real server processes, and failing closed while Redis is down.
+//!
+//! Every test starts its own `redis-server` and uses a random key prefix.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::Barrier;
+
+use crate::support::app::{
+    error_code, redis_settings, spawn_app_with, spawn_app_with_redis, Options, TestApp,
+};
+use crate::support::process::{cli, ServerProcess};
+use crate::support::redis_server::{RedisReply, RedisServer};
+
+/// Longest a request may take while Redis is down: the store timeout is 500 ms.
+const FAIL_FAST: Duration = Duration::from_secs(2);
+/// How long Redis may take to be usable again after it comes back.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(5);
+/// Redis timeout for the races, which test atomicity, not latency. With the default 500 ms, a
+/// debug build answering 1,000 requests at once on a busy 2-core machine can take longer than
+/// that to get round to a Redis reply, and (rightly) answers 503 instead.
+const RACE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two attempts while waiting for a condition (never for correctness).
+const POLL: Duration = Duration::from_millis(20);
+
+/// One redemption to fire: the redeem URL, the API key, the token.
+struct Redemption {
+    url: String,
+    api_key: String,
+    token: String,
+}
+
+impl Redemption {
+    fn on_app(app: &TestApp, token: &str) -> Self {
+        Redemption {
+            url: app.url("/v1/tokens/redeem"),
+            api_key: app.api_key.clone(),
+            token: token.to_owned(),
+        }
+    }
+}
+
+/// "200", or the status followed by the error code of the JSON envelope.
+async fn outcome(response: Result<Response, reqwest::Error>) -> String {
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => return format!("request error: {e}"),
+    };
+    let status = response.status();
+    if status == StatusCode::OK {
+        return "200".into();
+    }
+    let text = response.text().await.unwrap_or_default();
+    let code = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|body| body["error"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("non-envelope body {text:?}"));
+    format!("{} {code}", status.as_u16())
+}
+
+/// Fires every redemption at the same moment (one task each, released together by a barrier)
+/// and returns the outcomes in the order given.
+async fn redeem_all_at_once(redemptions: Vec<Redemption>) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let barrier = Arc::new(Barrier::new(redemptions.len()));
+    let tasks: Vec<_> = redemptions
+        .into_iter()
+        .map(|r| {
+            let (client, barrier) = (client.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let request = client
+                    .post(&r.url)
+                    .bearer_auth(&r.api_key)
+                    .json(&json!({ "token": r.token }));
+                barrier.wait().await;
+                outcome(request.send().await).await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outcomes.push(task.await.expect("redemption task panicked"));
+    }
+    outcomes
+}
+
+fn tally<'a>(outcomes: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for outcome in outcomes {
+        *counts.entry(outcome.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn exactly_one_success(total: usize) -> BTreeMap<String, usize> {
+    BTreeMap::from([
+        ("200".to_owned(), 1),
+        ("409 token_already_used".to_owned(), total - 1),
+    ])
+}
+
+/// An in-process app on `url` with the race timeout and its own random key prefix.
+async fn spawn_app_for_races(url: &str) -> TestApp {
+    let mut redis = redis_settings(url);
+    redis.timeout = RACE_TIMEOUT;
+    spawn_app_with(Options {
+        redis: Some(redis),
+        ..Options::default()
+    })
+    .await
+}
+
+async fn json_of(response: Response) -> Value {
+    response.json().await.expect("a JSON body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_use_token_redeems_once_then_conflicts_with_token_already_used() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let app = spawn_app_with_redis(&redis.url()).await;
+    let token = app.mint_token(json!({})).await;
+
+    let first = app.redeem(&token).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(json_of(first).await["uses_remaining"], 0);
+
+    let second = app.redeem(&token).await;
+    assert_eq!(second.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(second).await, "token_already_used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_three_use_token_redeems_exactly_three_times_then_conflicts() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let app = spawn_app_with_redis(&redis.url()).await;
+    let token = app.mint_token(json!({ "uses": 3 })).await;
+
+    for remaining in [2, 1, 0] {
+        let response = app.redeem(&token).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "use with {remaining} left"
+        );
+        assert_eq!(json_of(response).await["uses_remaining"], remaining);
+    }
+    for _ in 0..2 {
+        let response = app.redeem(&token).await;
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert_eq!(error_code(response).await, "token_already_used");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_is_ready_and_names_redis_as_the_replay_store() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let app = spawn_app_with_redis(&redis.url()).await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        json_of(response).await,
+        json!({ "status": "ready", "replay_store": "redis" })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redeemed_jti_is_kept_under_the_prefix_until_the_token_expiry_plus_leeway() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let app = spawn_app_with_redis(&redis.url()).await;
+    let prefix = app.settings.redis.as_ref().unwrap().key_prefix.clone();
+    let leeway = app.settings.token.leeway_seconds as i64;
+
+    for (body, stored) in [
+        (json!({ "expires_in_seconds": 300 }), "dev"),
+        (json!({ "expires_in_seconds": 120, "uses": 3 }), "1"),
+    ] {
+        let minted = json_of(app.mint(body.clone()).await).await;
+        let jti = minted["jti"].as_str().unwrap();
+        let exp = chrono::DateTime::parse_from_rfc3339(minted["expires_at"].as_str().unwrap())
+            .unwrap()
+            .timestamp();
+        let key = format!("{prefix}:{jti}");
+        assert_eq!(redis.command(&["EXISTS", &key]), RedisReply::Int(0));
+
+        let token = minted["token"].as_str().unwrap();
+        assert_eq!(app.redeem(token).await.status(), StatusCode::OK);
+
+        assert_eq!(
+            redis.command(&["GET", &key]),
+            RedisReply::Bulk(stored.into()),
+            "{body}"
+        );
+        // The entry lives until exp + leeway + 1 s; allow 2 s for the time the test took.
+        let expected = exp + leeway + 1 - chrono::Utc::now().timestamp();
+        let RedisReply::Int(ttl) = redis.command(&["TTL", &key]) else {
+            panic!("TTL of {key} is not an integer");
+        };
+        assert!(
+            (expected - 2..=expected).contains(&ttl),
+            "TTL {ttl}, expected about {expected} for {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_redemptions_of_one_token_give_exactly_one_success() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let app = spawn_app_for_races(&redis.url()).await;
+    let token = app.mint_token(json!({})).await;
+
+    let outcomes = redeem_all_at_once(
+        (0..1000)
+            .map(|_| Redemption::on_app(&app, &token))
+            .collect(),
+    )
+    .await;
+
+    assert_eq!(tally(&outcomes), exactly_one_success(1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_redemptions_of_a_three_use_token_give_exactly_three_successes() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let app = spawn_app_for_races(&redis.url()).await;
+    let token = app.mint_token(json!({ "uses": 3 })).await;
+
+    let outcomes =
+        redeem_all_at_once((0..100).map(|_| Redemption::on_app(&app, &token)).collect()).await;
+
+    assert_eq!(
+        tally(&outcomes),
+        BTreeMap::from([
+            ("200".to_owned(), 3),
+            ("409 token_already_used".to_owned(), 97)
+        ])
+    );
+}
+
+/// A `streamtoken serve` process seen through HTTP.
+struct Remote<'a> {
+    server: &'a ServerProcess,
+    api_key: &'a str,
+    client: reqwest::Client,
+}
+
+impl Remote<'_> {
+    async fn mint_token(&self) -> String {
+        let response = self
+            .client
+            .post(self.server.url("/v1/tokens"))
+            .bearer_auth(self.api_key)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        json_of(response).await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn redemption(&self, token: &str) -> Redemption {
+        Redemption {
+            url: self.server.url("/v1/tokens/redeem"),
+            api_key: self.api_key.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_sharing_one_redis_let_each_token_through_exactly_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let init = cli(keys.path(), &["keys", "init"]);
+    let api_key = init.lines().last().unwrap().trim().to_owned();
+    let prefix = format!("test-{}", uuid::Uuid::new_v4());
+    let env = [
+        ("STREAMTOKEN_REDIS_URL", redis.url()),
+        ("STREAMTOKEN_REDIS_PREFIX", prefix),
+        (
+            "STREAMTOKEN_REDIS_TIMEOUT_MS",
+            RACE_TIMEOUT.as_millis().to_string(),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (server_a, server_b) = (
+        ServerProcess::spawn(keys.path(), &env),
+        ServerProcess::spawn(keys.path(), &env),
+    );
+    let client = reqwest::Client::new();
+    let a = Remote {
+        server: &server_a,
+        api_key: &api_key,
+        client: client.clone(),
+    };
+    let b = Remote {
+        server: &server_b,
+        api_key: &api_key,
+        client,
+    };
+
+    // One token raced 1,000 times, alternating between the two servers.
+    let token = a.mint_token().await;
+    let started = Instant::now();
+    let outcomes = redeem_all_at_once(
+        (0..1000)
+            .map(|i| [&a, &b][i % 2].redemption(&token))
+            .collect(),
+    )
+    .await;
+    let first_race = started.elapsed();
+    assert_eq!(tally(&outcomes), exactly_one_success(1000));
+    let winners_on_a = outcomes.iter().step_by(2).filter(|o| *o == "200").count();
+    eprintln!("1,000 redemptions over two servers took {first_race:?}; winner on server A: {winners_on_a}");
+
+    // Four more tokens, 200 redemptions each, all interleaved; two of them minted on B.
+    let tokens = [
+        a.mint_token().await,
+        b.mint_token().await,
+        a.mint_token().await,
+        b.mint_token().await,
+    ];
+    let outcomes = redeem_all_at_once(
+        (0..800)
+            .map(|i| [&a, &b][i % 2].redemption(&tokens[(i / 2) % 4]))
+            .collect(),
+    )
+    .await;
+    for (n, token) in tokens.iter().enumerate() {
+        let of_token: Vec<&String> = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (i / 2) % 4 == n)
+            .map(|(_, o)| o)
+            .collect();
+        assert_eq!(of_token.len(), 200);
+        assert_eq!(
+            tally(of_token),
+            exactly_one_success(200),
+            "token {n} ({} chars)",
+            token.len()
+        );
+    }
+
+    for server in [&server_a, &server_b] {
+        let log = server.log_text();
+        assert!(!log.contains("eyJ"), "a token reached the log:\n{log}");
+        assert!(!log.contains(&api_key), "the API key reached the log");
+    }
+}
+
+/// Sends `request` and returns its response, failing the test if it took `FAIL_FAST` or more.
+async fn answered_quickly(
+    what: &str,
+    request: impl std::future::Future<Output = Response>,
+) -> Response {
+    let started = Instant::now();
+    let response = request.await;
+    let took = started.elapsed();
+    assert!(
+        took < FAIL_FAST,
+        "{what} took {took:?} while Redis was down"
+    );
+    response
+}
+
+async fn assert_unavailable(response: Response, what: &str) {
+    assert_eq!(
+        response.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{what} while Redis is down"
+    );
+    assert_eq!(
+        error_code(response).await,
+        "replay_store_unavailable",
+        "{what}"
+    );
+}
+
+/// Mints a fresh token and redeems it until that succeeds; any answer other than 200 or 503
+/// fails the test. Returns how long it took.
+async fn wait_until_a_fresh_token_redeems(app: &TestApp) -> Duration {
+    let started = Instant::now();
+    let mut attempts = Vec::new();
+    loop {
+        let token = app.mint_token(json!({})).await;
+        let answer = outcome(Ok(app.redeem(&token).await)).await;
+        if answer == "200" {
+            return started.elapsed();
+        }
+        assert_eq!(
+            answer, "503 replay_store_unavailable",
+            "while Redis comes back"
+        );
+        attempts.push(answer);
+        assert!(
+            started.elapsed() < RECOVERY_DEADLINE,
+            "no successful redemption within {RECOVERY_DEADLINE:?} of Redis coming back ({} attempts)",
+            attempts.len()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn wait_until_ready(app: &TestApp) -> Duration {
+    let started = Instant::now();
+    loop {
+        let response = app.get("/readyz").await;
+        if response.status() == StatusCode::OK {
+            return started.elapsed();
+        }
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            started.elapsed() < RECOVERY_DEADLINE,
+            "/readyz not ready within {RECOVERY_DEADLINE:?} of Redis coming back"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_redis_is_down_redemption_fails_closed_quickly_and_works_again_once_it_is_back() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let app = spawn_app_with_redis(&redis.url()).await;
+    let used = app.mint_token(json!({})).await;
+    assert_eq!(app.redeem(&used).await.status(), StatusCode::OK);
+    let fresh = app.mint_token(json!({})).await;
+
+    redis.kill();
+
+    let response = answered_quickly("redeeming a fresh token", app.redeem(&fresh)).await;
+    assert_unavailable(response, "redeeming a fresh token").await;
+    let response = answered_quickly("redeeming a used token", app.redeem(&used)).await;
+    assert_unavailable(response, "redeeming a used token").await;
+    let response = answered_quickly("a second fresh redemption", app.redeem(&fresh)).await;
+    assert_unavailable(response, "redeeming a fresh token again").await;
+    let response = answered_quickly("minting", app.mint(json!({}))).await;
+    assert_eq!(response.status(), StatusCode::OK, "minting needs no Redis");
+    let response = answered_quickly("/readyz", app.get("/readyz")).await;
+    assert_unavailable(response, "/readyz").await;
+
+    redis.restart();
+    let recovered = wait_until_a_fresh_token_redeems(&app).await;
+    let ready = wait_until_ready(&app).await;
+    eprintln!(
+        "after the Redis restart: redemption worked after {recovered:?}, /readyz {ready:?} later"
+    );
+
+    // A 503 never burned the token: the store was never reached, so it redeems now, once.
+    assert_eq!(app.redeem(&fresh).await.status(), StatusCode::OK);
+    let again = app.redeem(&fresh).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(again).await, "token_already_used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_started_while_redis_is_down_mints_refuses_redemption_and_recovers_when_redis_comes_up(
+) {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    redis.kill();
+    let app = spawn_app_with_redis(&redis.url()).await;
+
+    let response = answered_quickly("minting", app.mint(json!({}))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let token = json_of(response).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = answered_quickly("redeeming", app.redeem(&token)).await;
+    assert_unavailable(response, "redeeming").await;
+    let response = answered_quickly("/readyz", app.get("/readyz")).await;
+    assert_unavailable(response, "/readyz").await;
+
+    redis.restart();
+    let recovered = wait_until_a_fresh_token_redeems(&app).await;
+    let ready = wait_until_ready(&app).await;
+    eprintln!(
+        "Redis came up after start: redemption worked after {recovered:?}, /readyz {ready:?} later"
+    );
+    assert_eq!(app.redeem(&token).await.status(), StatusCode::OK);
+}
