@@ -81,7 +81,10 @@ impl ApiKeys {
             let digest = parse_digest(&record.sha256)
                 .ok_or_else(|| format!("api key {:?}: sha256 is not 64 hex digits", record.id))?;
             if record.rate_per_minute == Some(0) {
-                return Err(format!("api key {:?}: rate_per_minute must be at least 1", record.id));
+                return Err(format!(
+                    "api key {:?}: rate_per_minute must be at least 1",
+                    record.id
+                ));
             }
             if let Some(credits) = record.credits {
                 let allowance = credits_by_org.entry(record.org.clone()).or_default();
@@ -187,7 +190,12 @@ mod tests {
     #[test]
     fn an_orgs_credit_allowance_is_the_largest_among_its_keys() {
         let mut records = Vec::new();
-        for (org, credits) in [("acme", Some(5)), ("acme", Some(9)), ("acme", None), ("free", None)] {
+        for (org, credits) in [
+            ("acme", Some(5)),
+            ("acme", Some(9)),
+            ("acme", None),
+            ("free", None),
+        ] {
             let mut record = record_for(&generate_key(), org, "k", vec![Scope::Mint]);
             record.credits = credits;
             records.push(record);

@@ -60,7 +60,10 @@ impl RateLimiter {
     /// Takes one request from the caller's bucket.
     pub fn check(&self, key: &ApiKeyRecord) -> RateDecision {
         let (id, quota) = match key.rate_per_minute {
-            Some(per_minute) => (BucketId::Key(key.id.clone()), RateQuota::per_minute(per_minute)),
+            Some(per_minute) => (
+                BucketId::Key(key.id.clone()),
+                RateQuota::per_minute(per_minute),
+            ),
             None => (BucketId::Org(key.org.clone()), self.default),
         };
         let bucket = self.bucket(id, quota);
@@ -89,7 +92,10 @@ impl RateLimiter {
         let bucket = Arc::new(
             Gcra::direct(gcra_quota(quota)).with_middleware::<StateInformationMiddleware>(),
         );
-        let mut entry = self.buckets.entry(id).or_insert_with(|| (quota, bucket.clone()));
+        let mut entry = self
+            .buckets
+            .entry(id)
+            .or_insert_with(|| (quota, bucket.clone()));
         if entry.0 != quota {
             *entry = (quota, bucket);
         }
@@ -130,7 +136,10 @@ mod tests {
                 retry_after_seconds,
             } => {
                 assert_eq!(limit, 5);
-                assert!((1..=12).contains(&retry_after_seconds), "{retry_after_seconds}");
+                assert!(
+                    (1..=12).contains(&retry_after_seconds),
+                    "{retry_after_seconds}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -139,9 +148,18 @@ mod tests {
     #[test]
     fn one_org_spending_its_quota_leaves_another_untouched() {
         let limiter = RateLimiter::new(RateQuota::per_minute(1));
-        assert!(matches!(limiter.check(&key("a", None)), RateDecision::Allowed(_)));
-        assert!(matches!(limiter.check(&key("a", None)), RateDecision::Limited { .. }));
-        assert!(matches!(limiter.check(&key("b", None)), RateDecision::Allowed(_)));
+        assert!(matches!(
+            limiter.check(&key("a", None)),
+            RateDecision::Allowed(_)
+        ));
+        assert!(matches!(
+            limiter.check(&key("a", None)),
+            RateDecision::Limited { .. }
+        ));
+        assert!(matches!(
+            limiter.check(&key("b", None)),
+            RateDecision::Allowed(_)
+        ));
     }
 
     #[test]

@@ -203,8 +203,11 @@ impl Settings {
                     DEFAULT_RATE_PER_MINUTE,
                     1..=MAX_RATE_PER_MINUTE,
                 )?;
-                let burst =
-                    env.number("STREAMTOKEN_RATE_BURST", per_minute, 1..=MAX_RATE_PER_MINUTE)?;
+                let burst = env.number(
+                    "STREAMTOKEN_RATE_BURST",
+                    per_minute,
+                    1..=MAX_RATE_PER_MINUTE,
+                )?;
                 RateQuota {
                     per_minute: per_minute as u32,
                     burst: burst as u32,
@@ -330,7 +333,13 @@ mod tests {
     #[test]
     fn the_burst_defaults_to_the_per_minute_rate() {
         let s = settings(&[("STREAMTOKEN_RATE_PER_MINUTE", "5")]).unwrap();
-        assert_eq!(s.rate_limit, RateQuota { per_minute: 5, burst: 5 });
+        assert_eq!(
+            s.rate_limit,
+            RateQuota {
+                per_minute: 5,
+                burst: 5
+            }
+        );
     }
 
     #[test]

@@ -102,7 +102,10 @@ impl ReplayStore for MemoryStore {
         }
         // The org's entry lock serialises charges, so concurrent redemptions cannot overspend.
         let mut usage = self.usage.entry(use_of.org.to_owned()).or_default();
-        if use_of.credit_limit.is_some_and(|limit| usage.redeemed >= limit) {
+        if use_of
+            .credit_limit
+            .is_some_and(|limit| usage.redeemed >= limit)
+        {
             drop(usage);
             self.release(use_of.jti);
             return Ok(Consumed::NoCredits);
@@ -256,7 +259,11 @@ mod tests {
         }
         assert_eq!(accepted, 50);
         assert_eq!(store.usage("acme").await.unwrap().redeemed, 50);
-        assert_eq!(store.len(), 50, "refused redemptions leave no consumed jti behind");
+        assert_eq!(
+            store.len(),
+            50,
+            "refused redemptions leave no consumed jti behind"
+        );
     }
 
     #[tokio::test]
@@ -265,7 +272,10 @@ mod tests {
         let jti = Uuid::new_v4();
         let mut first = use_of(jti, 1, now() + 60);
         first.credit_limit = Some(0);
-        assert_eq!(store.consume_once(first).await.unwrap(), Consumed::NoCredits);
+        assert_eq!(
+            store.consume_once(first).await.unwrap(),
+            Consumed::NoCredits
+        );
         first.credit_limit = Some(1);
         assert_eq!(
             store.consume_once(first).await.unwrap(),

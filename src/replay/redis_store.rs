@@ -129,8 +129,12 @@ impl ReplayStore for RedisStore {
             let (reply,): (redis::Value,) = self.bounded(both.query_async(&mut conn)).await?;
             let outcome = consumed(&reply);
             if outcome == Consumed::AlreadyUsed {
-                self.bounded(redis::cmd("DECR").arg(&redeemed).query_async::<i64>(&mut conn))
-                    .await?;
+                self.bounded(
+                    redis::cmd("DECR")
+                        .arg(&redeemed)
+                        .query_async::<i64>(&mut conn),
+                )
+                .await?;
             }
             return Ok(outcome);
         };

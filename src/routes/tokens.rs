@@ -10,8 +10,8 @@ use serde_json::Number;
 use crate::api_keys::Scope;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::json_body::read_json;
 use crate::issuance::issue;
+use crate::json_body::read_json;
 use crate::mint::{MintRequest, MintedToken};
 use crate::params::{Ctx, ExpiresIn, InvalidParam, SessionDuration, TokenType, Uses};
 use crate::startup::AppState;
@@ -103,7 +103,9 @@ fn render_minted(minted: &MintedToken) -> HttpResponse {
         token_type: &claims.token_type,
         jti: claims.jti.to_string(),
         expires_in_seconds: claims.exp - claims.iat,
-        expires_at: minted.expires_at().to_rfc3339_opts(SecondsFormat::Secs, true),
+        expires_at: minted
+            .expires_at()
+            .to_rfc3339_opts(SecondsFormat::Secs, true),
         max_session_duration_seconds: claims.max_session_duration_seconds,
         uses: claims.uses,
     })

@@ -21,13 +21,13 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
 }
 
 fn parse(req: &HttpRequest) -> Result<MintRequest, ApiError> {
-    let expires = query::integer(req, "expires_in_seconds", 1, 600)?.ok_or(
-        ApiError::InvalidParam {
+    let expires =
+        query::integer(req, "expires_in_seconds", 1, 600)?.ok_or(ApiError::InvalidParam {
             param: "expires_in_seconds",
             message: "expires_in_seconds is required: an integer between 1 and 600".into(),
-        },
-    )?;
-    let session = query::integer(req, "max_session_duration_seconds", 60, 10_800)?.unwrap_or(10_800);
+        })?;
+    let session =
+        query::integer(req, "max_session_duration_seconds", 60, 10_800)?.unwrap_or(10_800);
     Ok(MintRequest {
         token_type: TokenType::fixed(TOKEN_TYPE),
         expires_in: ExpiresIn::parse(expires.into()).map_err(|e| ApiError::InvalidRequest(e.0))?,

@@ -47,10 +47,13 @@ async fn parse(req: &HttpRequest, payload: web::Payload) -> Result<MintRequest, 
     } else {
         ChatBody::default()
     };
-    let ctx: BTreeMap<String, String> = [("chatbotId", body.chatbot_id), ("sessionId", body.session_id)]
-        .into_iter()
-        .filter_map(|(key, value)| Some((key.to_owned(), value?)))
-        .collect();
+    let ctx: BTreeMap<String, String> = [
+        ("chatbotId", body.chatbot_id),
+        ("sessionId", body.session_id),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some((key.to_owned(), value?)))
+    .collect();
     Ok(MintRequest {
         token_type: TokenType::fixed(TOKEN_TYPE),
         expires_in,
@@ -90,9 +93,10 @@ fn render_error(e: &ApiError) -> HttpResponse {
     let message = e.message();
     let (message, code) = match e {
         ApiError::InvalidParam { .. } => (INVALID_TTL, "invalid_ttl"),
-        ApiError::MissingApiKey | ApiError::InvalidApiKey => {
-            ("Unauthorized. Please provide a valid secret key.", "unauthorized")
-        }
+        ApiError::MissingApiKey | ApiError::InvalidApiKey => (
+            "Unauthorized. Please provide a valid secret key.",
+            "unauthorized",
+        ),
         ApiError::RateLimited { .. } => ("Rate limit exceeded", "rate_limited"),
         ApiError::InsufficientCredits => (
             "No credits remaining. Please add credits to continue using the service.",

@@ -11,7 +11,9 @@ use streamtoken::api_keys::Scope;
 use streamtoken::key_admin::{self, NewApiKey};
 use streamtoken::keyring::KeyringHandle;
 use streamtoken::mint::{MintRequest, Minter};
-use streamtoken::settings::{RedisSettings, Secret, Settings, TokenSettings};
+use streamtoken::settings::{
+    CompatFamilies, RateQuota, RedisSettings, Secret, Settings, TokenSettings,
+};
 use streamtoken::startup::{AppState, Application};
 use tempfile::TempDir;
 
@@ -31,6 +33,8 @@ pub struct TestApp {
 pub struct Options {
     pub redis: Option<RedisSettings>,
     pub leeway_seconds: u64,
+    pub rate_limit: RateQuota,
+    pub compat: CompatFamilies,
 }
 
 impl Default for Options {
@@ -38,6 +42,9 @@ impl Default for Options {
         Options {
             redis: None,
             leeway_seconds: TokenSettings::default().leeway_seconds,
+            // Generous, so tests that are not about rate limiting never meet it.
+            rate_limit: RateQuota::per_minute(1_000_000),
+            compat: CompatFamilies::all(),
         }
     }
 }
@@ -78,6 +85,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             ..TokenSettings::default()
         },
         workers: 2,
+        rate_limit: options.rate_limit,
+        compat: options.compat,
     };
     let app = Application::build(settings.clone()).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
