@@ -114,6 +114,13 @@ impl ApiKeys {
         self.credits_by_org.get(org).copied()
     }
 
+    /// Whether the keyring holds the dev key `keys init` creates; enables the demo.
+    pub fn has_dev_key(&self) -> bool {
+        self.by_hash
+            .values()
+            .any(|r| r.org == crate::key_admin::DEV_ORG && r.name == crate::key_admin::DEV_KEY_NAME)
+    }
+
     pub fn len(&self) -> usize {
         self.by_hash.len()
     }

@@ -13,7 +13,7 @@ use crate::keyring::{self, KeyringHandle};
 use crate::mint::{MintRequest, Minter};
 use crate::params::{ExpiresIn, SessionDuration, TokenType, Uses};
 use crate::settings::Settings;
-use crate::startup::Application;
+use crate::startup::{stop_gracefully, Application};
 use crate::token::TokenVerifier;
 
 /// Mints short-lived, single-use tokens for streaming sessions. Configuration comes from
@@ -142,12 +142,42 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn serve(settings: Settings) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
-        let keyring = app.state().keyring.clone();
-        tokio::spawn(reload_on_sighup(keyring));
+        let state = app.state();
+        let server = app.server_handle();
+        tokio::spawn(reload_on_sighup(state.keyring.clone()));
+        tokio::spawn(async move {
+            wait_for_termination().await;
+            log::info!("shutting down: closing stream sessions, draining requests");
+            stop_gracefully(&state, &server).await;
+        });
         // Scripts and tests read this line to learn the port (STREAMTOKEN_BIND may use port 0).
         println!("streamtoken listening on http://{}", app.address());
-        app.run_until_stopped().await.context("running the server")
+        app.run_until_stopped()
+            .await
+            .context("running the server")?;
+        log::info!("stopped");
+        Ok(())
     })
+}
+
+/// SIGTERM (orchestrators) or SIGINT (Ctrl-C).
+async fn wait_for_termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut interrupt)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+        _ => {
+            log::error!("cannot listen for SIGTERM/SIGINT; falling back to Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// `kill -HUP` re-reads the keys directory; a broken directory leaves the old keyring in place.

@@ -36,6 +36,8 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    #[error("no token: send ?token=, Authorization: Bearer <token>, or the subprotocols bearer, <token>")]
+    MissingToken,
     #[error("{}", .0.describe())]
     TokenRejected(RejectReason),
     #[error("the replay store is unavailable; try again")]
@@ -59,6 +61,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MissingToken => "missing_token",
             ApiError::TokenRejected(RejectReason::Expired) => "token_expired",
             ApiError::TokenRejected(RejectReason::AlreadyUsed) => "token_already_used",
             ApiError::TokenRejected(_) => "invalid_token",
@@ -136,6 +139,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MissingToken => StatusCode::UNAUTHORIZED,
             ApiError::TokenRejected(RejectReason::AlreadyUsed) => StatusCode::CONFLICT,
             ApiError::TokenRejected(_) => StatusCode::UNAUTHORIZED,
             ApiError::ReplayStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -16,6 +16,7 @@ use crate::keyring::{self, Keyring, ACTIVE_FILE, API_KEYS_FILE, KEY_EXTENSION, S
 /// Random bytes in a generated signing secret (HS256 wants at least 32).
 pub const SIGNING_SECRET_BYTES: usize = 64;
 pub const DEV_ORG: &str = "dev";
+pub const DEV_KEY_NAME: &str = "dev";
 
 /// What `keys init` did.
 #[derive(Debug)]
@@ -50,7 +51,7 @@ pub fn init_dev(dir: &Path) -> anyhow::Result<InitOutcome> {
             dir,
             &NewApiKey {
                 org: DEV_ORG.into(),
-                name: "dev".into(),
+                name: DEV_KEY_NAME.into(),
                 scopes: vec![Scope::Mint, Scope::Redeem],
                 rate_per_minute: None,
                 credits: None,

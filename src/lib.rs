@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod gateway;
 pub mod issuance;
 pub mod json_body;
 pub mod key_admin;

@@ -60,6 +60,21 @@ impl Redeemer {
         }
     }
 
+    /// Everything a gateway needs, from the same settings the service uses: the keyring from
+    /// `STREAMTOKEN_KEYS_DIR` and the replay store (Redis or memory). Needs a Tokio runtime.
+    pub fn from_settings(settings: &crate::settings::Settings) -> anyhow::Result<Self> {
+        let keyring = Arc::new(KeyringHandle::load(&settings.keys_dir)?);
+        Ok(Redeemer::new(
+            keyring,
+            &settings.token,
+            crate::replay::open(settings)?,
+        ))
+    }
+
+    pub fn keyring(&self) -> &Arc<KeyringHandle> {
+        &self.keyring
+    }
+
     pub fn store(&self) -> &Arc<dyn ReplayStore> {
         &self.store
     }

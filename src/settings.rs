@@ -20,8 +20,43 @@ pub struct Settings {
     /// Each org's minting quota, unless one of its keys sets its own.
     pub rate_limit: RateQuota,
     pub compat: CompatFamilies,
+    pub stream: StreamSettings,
+    pub demo: DemoMode,
 }
 
+/// The reference streaming endpoint's timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// A session with no frame from the client for this long is closed (4009).
+    pub idle_timeout: Duration,
+    /// How often the server pings an open session.
+    pub heartbeat: Duration,
+}
+
+impl StreamSettings {
+    pub fn with_idle_timeout(idle_timeout: Duration) -> Self {
+        StreamSettings {
+            idle_timeout,
+            // Several pings per idle period, so a live client always answers in time.
+            heartbeat: (idle_timeout / 3)
+                .clamp(Duration::from_millis(100), Duration::from_secs(15)),
+        }
+    }
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self::with_idle_timeout(Duration::from_secs(DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS))
+    }
+}
+
+/// Whether `/demo` and its dev-only minting route are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoMode {
+    /// Only while the keyring holds the dev key `keys init` creates (org "dev", name "dev").
+    Auto,
+    Off,
+}
 /// A token-bucket quota: `burst` requests at once, refilled at `per_minute`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateQuota {
@@ -148,6 +183,7 @@ pub const MAX_LEEWAY_SECONDS: u64 = 300;
 pub const DEFAULT_REDIS_PREFIX: &str = "streamtoken";
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 500;
 pub const DEFAULT_RATE_PER_MINUTE: u64 = 600;
+pub const DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS: u64 = 60;
 pub const MAX_RATE_PER_MINUTE: u64 = 100_000_000;
 
 impl Settings {
@@ -222,6 +258,22 @@ impl Settings {
                     value,
                     reason,
                 })?
+            },
+            stream: StreamSettings::with_idle_timeout(Duration::from_secs(env.number(
+                "STREAMTOKEN_STREAM_IDLE_TIMEOUT_SECONDS",
+                DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS,
+                1..=86_400,
+            )?)),
+            demo: match env.text("STREAMTOKEN_DEMO").as_deref().map(str::trim) {
+                None | Some("auto") => DemoMode::Auto,
+                Some("off") => DemoMode::Off,
+                Some(other) => {
+                    return Err(ConfigError {
+                        variable: "STREAMTOKEN_DEMO",
+                        value: other.into(),
+                        reason: "must be auto or off".into(),
+                    })
+                }
             },
         })
     }
@@ -355,6 +407,8 @@ mod tests {
             ("STREAMTOKEN_RATE_PER_MINUTE", "0"),
             ("STREAMTOKEN_RATE_BURST", "1.5"),
             ("STREAMTOKEN_COMPAT", "assemblyai,nope"),
+            ("STREAMTOKEN_STREAM_IDLE_TIMEOUT_SECONDS", "0"),
+            ("STREAMTOKEN_DEMO", "on"),
         ] {
             let err = settings(&[(var, value)]).expect_err(var);
             assert_eq!(err.variable, var, "{value}");

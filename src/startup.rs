@@ -11,16 +11,21 @@ use crate::keyring::KeyringHandle;
 use crate::mint::Minter;
 use crate::rate_limit::RateLimiter;
 use crate::redeem::Redeemer;
-use crate::replay::{MemoryStore, RedisStore, ReplayStore};
-use crate::settings::{CompatFamilies, Settings};
+use crate::replay;
+use crate::settings::{CompatFamilies, DemoMode, Settings, StreamSettings};
 use crate::{access_log, routes};
 
 /// Shared by every worker; cheap to clone behind `web::Data`.
 pub struct AppState {
     pub keyring: Arc<KeyringHandle>,
     pub minter: Minter,
-    pub redeemer: Redeemer,
+    /// Also registered on its own, so the `Redeemed` extractor finds it.
+    pub redeemer: web::Data<Redeemer>,
     pub rate_limiter: RateLimiter,
+    pub stream: StreamSettings,
+    pub demo: DemoMode,
+    /// Flips to `true` when the server begins a graceful shutdown; open sessions close with 1001.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -30,22 +35,28 @@ impl AppState {
             KeyringHandle::load(&settings.keys_dir)
                 .with_context(|| format!("loading keys from {}", settings.keys_dir.display()))?,
         );
-        let store: Arc<dyn ReplayStore> = match &settings.redis {
-            Some(redis) => Arc::new(RedisStore::connect_lazily(redis)?),
-            None => {
-                let memory = Arc::new(MemoryStore::new());
-                memory.spawn_sweeper(crate::replay::memory_sweep_interval());
-                memory
-            }
-        };
+        let store = replay::open(settings)?;
         log::info!("replay store: {}", store.backend());
         Ok(AppState {
             minter: Minter::new(keyring.clone(), settings.token.clone()),
-            redeemer: Redeemer::new(keyring.clone(), &settings.token, store),
+            redeemer: web::Data::new(Redeemer::new(keyring.clone(), &settings.token, store)),
             rate_limiter: RateLimiter::new(settings.rate_limit),
+            stream: settings.stream,
+            demo: settings.demo,
+            shutdown: tokio::sync::watch::Sender::new(false),
             keyring,
         })
     }
+}
+
+/// How long a graceful shutdown waits for in-flight requests before dropping them.
+pub const SHUTDOWN_DEADLINE_SECONDS: u64 = 10;
+
+/// Stops accepting, tells open stream sessions to close with 1001, and waits for in-flight
+/// requests (up to the shutdown deadline).
+pub async fn stop_gracefully(state: &AppState, server: &actix_web::dev::ServerHandle) {
+    state.shutdown.send_replace(true);
+    server.stop(true).await;
 }
 
 pub struct Application {
@@ -99,10 +110,14 @@ pub fn run(
         App::new()
             .wrap(access_log::logger())
             .app_data(state.clone())
+            .app_data(state.redeemer.clone())
             .configure(|cfg| routes::configure(cfg, compat_families))
             .default_service(web::to(routes::not_found))
     })
     .workers(workers)
+    // Signals are handled by `serve`, which closes stream sessions before stopping the server.
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_DEADLINE_SECONDS)
     .listen(listener)?
     .run();
     Ok(server)

@@ -10,9 +10,19 @@ mod redis_store;
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 
-/// How often the memory store drops expired entries.
-pub fn memory_sweep_interval() -> std::time::Duration {
-    memory::SWEEP_INTERVAL
+/// Opens the store the settings ask for: Redis when a URL is set, else the memory store with
+/// its sweeper. Needs a Tokio runtime.
+pub fn open(
+    settings: &crate::settings::Settings,
+) -> anyhow::Result<std::sync::Arc<dyn ReplayStore>> {
+    Ok(match &settings.redis {
+        Some(redis) => std::sync::Arc::new(RedisStore::connect_lazily(redis)?),
+        None => {
+            let memory = std::sync::Arc::new(MemoryStore::new());
+            memory.spawn_sweeper(memory::SWEEP_INTERVAL);
+            memory
+        }
+    })
 }
 
 use async_trait::async_trait;

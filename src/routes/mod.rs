@@ -1,7 +1,9 @@
 //! HTTP surfaces. Each module is one surface; shared behaviour lives in the cores they call.
 
 mod compat;
+mod demo;
 mod health;
+pub mod stream;
 mod tokens;
 mod usage;
 
@@ -19,6 +21,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, compat_families: CompatFamilies) 
         .service(resource("/healthz").route(web::get().to(health::healthz)))
         .service(resource("/readyz").route(web::get().to(health::readyz)))
         .service(resource("/v1/usage").route(web::get().to(usage::usage)))
+        .service(resource("/v1/stream").route(web::get().to(stream::stream)))
+        .service(resource("/demo").route(web::get().to(demo::page)))
+        .service(resource("/demo/token").route(web::post().to(demo::token)))
         .service(resource("/openapi.yaml").route(web::get().to(openapi)));
     compat::configure(cfg, compat_families);
 }

@@ -12,7 +12,8 @@ use streamtoken::key_admin::{self, NewApiKey};
 use streamtoken::keyring::KeyringHandle;
 use streamtoken::mint::{MintRequest, Minter};
 use streamtoken::settings::{
-    CompatFamilies, RateQuota, RedisSettings, Secret, Settings, TokenSettings,
+    CompatFamilies, DemoMode, RateQuota, RedisSettings, Secret, Settings, StreamSettings,
+    TokenSettings,
 };
 use streamtoken::startup::{AppState, Application};
 use tempfile::TempDir;
@@ -35,6 +36,8 @@ pub struct Options {
     pub leeway_seconds: u64,
     pub rate_limit: RateQuota,
     pub compat: CompatFamilies,
+    pub stream: StreamSettings,
+    pub demo: DemoMode,
 }
 
 impl Default for Options {
@@ -45,6 +48,8 @@ impl Default for Options {
             // Generous, so tests that are not about rate limiting never meet it.
             rate_limit: RateQuota::per_minute(1_000_000),
             compat: CompatFamilies::all(),
+            stream: StreamSettings::default(),
+            demo: DemoMode::Auto,
         }
     }
 }
@@ -87,6 +92,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         workers: 2,
         rate_limit: options.rate_limit,
         compat: options.compat,
+        stream: options.stream,
+        demo: options.demo,
     };
     let app = Application::build(settings.clone()).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -171,6 +178,19 @@ impl TestApp {
         .unwrap();
         self.reload_keys();
         key
+    }
+
+    /// What SIGTERM does in the real binary: sessions close with 1001, requests drain.
+    pub async fn stop_gracefully(&self) {
+        streamtoken::startup::stop_gracefully(&self.state, &self.handle).await;
+    }
+
+    /// The WebSocket URL of the reference stream endpoint.
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!(
+            "{}{path_and_query}",
+            self.address.replacen("http://", "ws://", 1)
+        )
     }
 
     /// What SIGHUP does in the real binary.
