@@ -9,6 +9,7 @@ run:
 test:
 	cargo test --all-targets
 	bash tests/smoke_make_run.sh
+	bash tests/browser/run.sh
 
 lint:
 	cargo fmt --all -- --check
