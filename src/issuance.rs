@@ -44,6 +44,7 @@ async fn run(
             limit,
             retry_after_seconds,
         } => {
+            state.metrics.rate_limited(&route_of(req));
             *quota = Some(QuotaState {
                 limit,
                 remaining: 0,
@@ -56,7 +57,15 @@ async fn run(
     check_credits(state, &key.org).await?;
     let minted = state.minter.mint(&key.org, request)?;
     state.redeemer.store().record_minted(&key.org);
+    state
+        .metrics
+        .minted(&route_of(req), &minted.claims.token_type);
     Ok(minted)
+}
+
+/// The matched route pattern: a bounded label, whatever the path held.
+fn route_of(req: &HttpRequest) -> String {
+    req.match_pattern().unwrap_or_else(|| req.path().to_owned())
 }
 
 /// Refuses to mint for an org that has spent its credits. Credits are charged at redemption,
@@ -70,6 +79,7 @@ async fn check_credits(state: &AppState, org: &str) -> Result<(), ApiError> {
         Ok(usage) if usage.redeemed >= limit => Err(ApiError::InsufficientCredits),
         Ok(_) => Ok(()),
         Err(cause) => {
+            state.redeemer.count_store_error();
             log::warn!("credit check skipped for org {org:?}: {cause}");
             Ok(())
         }

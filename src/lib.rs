@@ -11,6 +11,7 @@ pub mod issuance;
 pub mod json_body;
 pub mod key_admin;
 pub mod keyring;
+pub mod metrics;
 pub mod mint;
 pub mod params;
 pub mod query;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::keyring::KeyringHandle;
+use crate::metrics::Metrics;
 use crate::replay::{Consumed, ReplayStore, StoreUnavailable, UseOf};
 use crate::settings::TokenSettings;
 use crate::token::{Claims, RejectReason, TokenVerifier};
@@ -44,6 +45,7 @@ pub struct Redeemer {
     verifier: TokenVerifier,
     store: Arc<dyn ReplayStore>,
     leeway_seconds: i64,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Redeemer {
@@ -57,7 +59,14 @@ impl Redeemer {
             verifier: TokenVerifier::new(settings),
             store,
             leeway_seconds: settings.leeway_seconds as i64,
+            metrics: None,
         }
+    }
+
+    /// Counts redemptions, refusals by reason, and replay-store errors.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Everything a gateway needs, from the same settings the service uses: the keyring from
@@ -86,6 +95,19 @@ impl Redeemer {
     /// Verifies `token` and records one use. Fails closed: a store that cannot answer is an
     /// error, never an acceptance.
     pub async fn redeem(&self, token: &str) -> Result<Redemption, RedeemError> {
+        let outcome = self.consume(token).await;
+        if let Some(metrics) = &self.metrics {
+            match &outcome {
+                Ok(redemption) => metrics.redeemed(&redemption.claims.token_type),
+                Err(RedeemError::Rejected(reason)) => metrics.rejected_token(*reason),
+                Err(RedeemError::InsufficientCredits) => metrics.rejected("insufficient_credits"),
+                Err(RedeemError::StoreUnavailable(_)) => metrics.store_error(),
+            }
+        }
+        outcome
+    }
+
+    async fn consume(&self, token: &str) -> Result<Redemption, RedeemError> {
         let keyring = self.keyring.snapshot();
         let claims = self
             .verifier
@@ -127,7 +149,11 @@ impl Redeemer {
                 })
             }
         };
-        let used = self.store.uses_recorded(claims.jti, claims.uses).await?;
+        let used = self
+            .store
+            .uses_recorded(claims.jti, claims.uses)
+            .await
+            .inspect_err(|_| self.count_store_error())?;
         let uses_remaining = claims.uses - used;
         Ok(Introspection {
             active: uses_remaining > 0,
@@ -135,6 +161,12 @@ impl Redeemer {
             claims: Some(claims),
             uses_remaining: Some(uses_remaining),
         })
+    }
+
+    pub fn count_store_error(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.store_error();
+        }
     }
 
     /// A consumed `jti` must be remembered for as long as its token could still verify: until

@@ -8,6 +8,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
 use crate::keyring::KeyringHandle;
+use crate::metrics::{self, Metrics};
 use crate::mint::Minter;
 use crate::rate_limit::RateLimiter;
 use crate::redeem::Redeemer;
@@ -24,6 +25,7 @@ pub struct AppState {
     pub rate_limiter: RateLimiter,
     pub stream: StreamSettings,
     pub demo: DemoMode,
+    pub metrics: Arc<Metrics>,
     /// Flips to `true` when the server begins a graceful shutdown; open sessions close with 1001.
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -36,10 +38,14 @@ impl AppState {
                 .with_context(|| format!("loading keys from {}", settings.keys_dir.display()))?,
         );
         let store = replay::open(settings)?;
+        let metrics = Arc::new(Metrics::new());
         log::info!("replay store: {}", store.backend());
         Ok(AppState {
             minter: Minter::new(keyring.clone(), settings.token.clone()),
-            redeemer: web::Data::new(Redeemer::new(keyring.clone(), &settings.token, store)),
+            redeemer: web::Data::new(
+                Redeemer::new(keyring.clone(), &settings.token, store).with_metrics(metrics.clone()),
+            ),
+            metrics,
             rate_limiter: RateLimiter::new(settings.rate_limit),
             stream: settings.stream,
             demo: settings.demo,
@@ -108,6 +114,7 @@ pub fn run(
 ) -> std::io::Result<Server> {
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(metrics::time_requests))
             .wrap(access_log::logger())
             .app_data(state.clone())
             .app_data(state.redeemer.clone())

@@ -49,9 +49,11 @@ pub async fn stream(
     let outcome = redeem_presented(&req, &state.redeemer).await;
     let settings = state.stream;
     let shutdown = state.shutdown.subscribe();
+    let metrics = state.metrics.clone();
     actix_web::rt::spawn(async move {
         match outcome {
             Ok((redemption, _)) => {
+                let _open = metrics.session_opened();
                 run_session(session, messages, redemption, settings, shutdown).await;
             }
             Err(error) => {

@@ -1,0 +1,185 @@
+//! Prometheus metrics, one registry per application (so test apps never share counters),
+//! rendered by `GET /metrics` in the text exposition format.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::startup::AppState;
+use crate::token::RejectReason;
+
+pub struct Metrics {
+    registry: Registry,
+    minted: IntCounterVec,
+    redeemed: IntCounterVec,
+    rejected: IntCounterVec,
+    rate_limited: IntCounterVec,
+    store_errors: IntCounter,
+    request_duration: HistogramVec,
+    open_sessions: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let minted = IntCounterVec::new(
+            Opts::new("streamtoken_tokens_minted_total", "Tokens minted, by route and token type"),
+            &["route", "token_type"],
+        )
+        .expect("valid metric");
+        let redeemed = IntCounterVec::new(
+            Opts::new(
+                "streamtoken_tokens_redeemed_total",
+                "Successful redemptions (uses consumed), by token type",
+            ),
+            &["token_type"],
+        )
+        .expect("valid metric");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "streamtoken_redemptions_rejected_total",
+                "Redemptions refused, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "streamtoken_rate_limited_total",
+                "Minting requests refused by the rate limit, by route",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let store_errors = IntCounter::new(
+            "streamtoken_replay_store_errors_total",
+            "Replay-store calls that failed or timed out (each answered 503)",
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "streamtoken_http_request_duration_seconds",
+                "HTTP request duration, by route pattern, method and status",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ]),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let open_sessions = IntGauge::new(
+            "streamtoken_stream_sessions_open",
+            "WebSocket stream sessions currently open",
+        )
+        .expect("valid metric");
+
+        let registry = Registry::new();
+        for collector in [
+            Box::new(minted.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(redeemed.clone()),
+            Box::new(rejected.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(request_duration.clone()),
+            Box::new(open_sessions.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            minted,
+            redeemed,
+            rejected,
+            rate_limited,
+            store_errors,
+            request_duration,
+            open_sessions,
+        }
+    }
+
+    pub fn minted(&self, route: &str, token_type: &str) {
+        self.minted.with_label_values(&[route, token_type]).inc();
+    }
+
+    pub fn redeemed(&self, token_type: &str) {
+        self.redeemed.with_label_values(&[token_type]).inc();
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    pub fn rejected_token(&self, reason: RejectReason) {
+        self.rejected(reason.as_str());
+    }
+
+    pub fn rate_limited(&self, route: &str) {
+        self.rate_limited.with_label_values(&[route]).inc();
+    }
+
+    pub fn store_error(&self) {
+        self.store_errors.inc();
+    }
+
+    /// Counts an open session until the returned guard is dropped.
+    pub fn session_opened(&self) -> SessionGuard {
+        self.open_sessions.inc();
+        SessionGuard(self.open_sessions.clone())
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding our own well-formed families cannot fail; an empty page is the fallback.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct SessionGuard(IntGauge);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Times every request. The route label is the matched pattern (`/v1/single-use-token/{token_type}`),
+/// or `unmatched`, so label cardinality stays bounded whatever clients send.
+pub async fn time_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.metrics.clone());
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let response = next.call(req).await?;
+    if let Some(metrics) = metrics {
+        metrics
+            .request_duration
+            .with_label_values(&[&route, &method, response.status().as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(response)
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
