@@ -2,4 +2,5 @@ mod canonical;
 mod cli;
 mod redis;
 mod rotation;
+mod stream;
 mod support;
