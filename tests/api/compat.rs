@@ -67,6 +67,9 @@ fn now() -> i64 {
     Utc::now().timestamp()
 }
 
+/// Whether a body is in the envelope of the route that produced it.
+type EnvelopeCheck = dyn Fn(&Value) -> bool;
+
 fn keys_of(value: &Value) -> BTreeSet<String> {
     value
         .as_object()
@@ -1279,7 +1282,7 @@ async fn a_wrong_method_on_a_compat_route_answers_405_in_that_routes_envelope() 
     };
     let chat = |b: &Value| b["success"] == false && b["error"]["code"] == "method_not_allowed";
     #[rustfmt::skip]
-    let cases: [(reqwest::Method, &str, &dyn Fn(&Value) -> bool, &str); 5] = [
+    let cases: [(reqwest::Method, &str, &EnvelopeCheck, &str); 5] = [
         // (method, path, envelope check, description)
         (reqwest::Method::POST, "/v3/token?expires_in_seconds=60", &assemblyai, "POST /v3/token, as the AssemblyAI guide's prose says"),
         (reqwest::Method::GET, ELEVENLABS_SCRIBE, &elevenlabs, "GET on the ElevenLabs route"),
