@@ -42,14 +42,16 @@ pub fn presented_token(req: &HttpRequest) -> Option<(String, TokenSource)> {
             }
         }
     }
-    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
-        let Ok(value) = value.to_str() else { continue };
-        let mut offered = value.split(',').map(str::trim);
-        while let Some(protocol) = offered.next() {
-            if protocol.eq_ignore_ascii_case(BEARER_SUBPROTOCOL) {
-                if let Some(token) = offered.next().filter(|t| !t.is_empty()) {
-                    return Some((token.to_owned(), TokenSource::Subprotocol));
-                }
+    // Repeated header lines form one comma-separated list (RFC 6455 §11.3.4).
+    let mut offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    while let Some(protocol) = offered.next() {
+        if protocol.eq_ignore_ascii_case(BEARER_SUBPROTOCOL) {
+            if let Some(token) = offered.next().filter(|t| !t.is_empty()) {
+                return Some((token.to_owned(), TokenSource::Subprotocol));
             }
         }
     }

@@ -45,14 +45,6 @@ impl MemoryStore {
         self.entries.retain(|_, uses| uses.expires_at >= now);
     }
 
-    /// Takes back one recorded use (a redemption refused for lack of credit).
-    fn release(&self, jti: Uuid) {
-        if let Some(mut uses) = self.entries.get_mut(&jti) {
-            uses.recorded -= 1;
-        }
-        self.entries.remove_if(&jti, |_, uses| uses.recorded == 0);
-    }
-
     fn record_use(&self, jti: Uuid, allowed_uses: u32, expires_at: i64) -> Consumed {
         match self.entries.entry(jti) {
             Entry::Vacant(slot) => {
@@ -96,21 +88,27 @@ impl MemoryStore {
 #[async_trait]
 impl ReplayStore for MemoryStore {
     async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable> {
-        let consumed = self.record_use(use_of.jti, use_of.allowed_uses, use_of.expires_at);
-        if consumed == Consumed::AlreadyUsed {
-            return Ok(consumed);
-        }
-        // The org's entry lock serialises charges, so concurrent redemptions cannot overspend.
+        // The org's entry lock is held across the credit check and the use, so concurrent
+        // redemptions can neither overspend nor see a use that is about to be taken back.
         let mut usage = self.usage.entry(use_of.org.to_owned()).or_default();
         if use_of
             .credit_limit
             .is_some_and(|limit| usage.redeemed >= limit)
         {
-            drop(usage);
-            self.release(use_of.jti);
-            return Ok(Consumed::NoCredits);
+            let used_up = self
+                .entries
+                .get(&use_of.jti)
+                .is_some_and(|uses| uses.recorded >= use_of.allowed_uses);
+            return Ok(if used_up {
+                Consumed::AlreadyUsed
+            } else {
+                Consumed::NoCredits
+            });
         }
-        usage.redeemed += 1;
+        let consumed = self.record_use(use_of.jti, use_of.allowed_uses, use_of.expires_at);
+        if consumed != Consumed::AlreadyUsed {
+            usage.redeemed += 1;
+        }
         Ok(consumed)
     }
 

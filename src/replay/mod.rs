@@ -47,7 +47,7 @@ pub enum Consumed {
     Accepted { uses_remaining: u32 },
     /// Every allowed use was already taken.
     AlreadyUsed,
-    /// The org has no credit left; nothing was consumed or charged.
+    /// The org has no credit left; the token was not consumed and nothing was charged.
     NoCredits,
 }
 

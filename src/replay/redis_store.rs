@@ -3,7 +3,8 @@
 //! A single-use token is consumed with `SET <prefix>:<jti> <org> NX EXAT <expires_at>`: one
 //! atomic command on one key. A multi-use token counts its uses with a small Lua script (INCR +
 //! EXPIREAT on one key). Usage counters live at `<prefix>:usage:<org>:{minted,redeemed}`; a credit
-//! charge is a conditional INCR of the redeemed counter, again one key. Every step touches a
+//! charge is a conditional INCR of the redeemed counter (refunded if the token was already used),
+//! again one key. Every step touches a
 //! single key, so the store works on a standalone Redis and on Redis Cluster alike.
 
 use std::future::Future;
@@ -89,15 +90,6 @@ impl RedisStore {
         }
     }
 
-    /// Takes back a use recorded for a redemption that was then refused for lack of credit.
-    async fn release(&self, key: &str, allowed_uses: u32) -> Result<(), StoreUnavailable> {
-        let mut conn = self.conn.clone();
-        let command = if allowed_uses <= 1 { "DEL" } else { "DECR" };
-        self.bounded(redis::cmd(command).arg(key).query_async::<i64>(&mut conn))
-            .await
-            .map(drop)
-    }
-
     /// Bounds every call by the configured timeout, whatever the connection is doing: a paused or
     /// unreachable Redis turns into a quick 503, never a pile of waiting requests.
     async fn bounded<T>(
@@ -138,10 +130,9 @@ impl ReplayStore for RedisStore {
             }
             return Ok(outcome);
         };
-        let outcome = consumed(&self.bounded(record.query_async(&mut conn)).await?);
-        if outcome == Consumed::AlreadyUsed {
-            return Ok(outcome);
-        }
+        // Charge first, then record the use, refunding a replay: a concurrent redemption is
+        // never told "already used" about a use that would be taken back. The price is that a
+        // replay in flight may briefly hold the org's last credit (a transient 402 elsewhere).
         let charged: i64 = self
             .bounded(
                 self.charge_credit
@@ -151,8 +142,21 @@ impl ReplayStore for RedisStore {
             )
             .await?;
         if charged < 0 {
-            self.release(&key, use_of.allowed_uses).await?;
-            return Ok(Consumed::NoCredits);
+            let used = self.uses_recorded(use_of.jti, use_of.allowed_uses).await?;
+            return Ok(if used >= use_of.allowed_uses {
+                Consumed::AlreadyUsed
+            } else {
+                Consumed::NoCredits
+            });
+        }
+        let outcome = consumed(&self.bounded(record.query_async(&mut conn)).await?);
+        if outcome == Consumed::AlreadyUsed {
+            self.bounded(
+                redis::cmd("DECR")
+                    .arg(&redeemed)
+                    .query_async::<i64>(&mut conn),
+            )
+            .await?;
         }
         Ok(outcome)
     }

@@ -31,8 +31,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, compat_families: CompatFamilies) 
 
 /// A resource whose wrong-method answer is a JSON error, not actix's empty 405.
 fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(|| async {
-        Err::<HttpResponse, _>(ApiError::MethodNotAllowed)
+    resource_rendering(path, ApiError::canonical_response)
+}
+
+/// A resource whose wrong-method answer is rendered in its surface's own envelope.
+fn resource_rendering(path: &str, render: fn(&ApiError) -> HttpResponse) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        render(&ApiError::MethodNotAllowed)
     }))
 }
 

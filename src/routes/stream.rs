@@ -160,7 +160,9 @@ async fn run_session(
                     Some(Ok(Message::Text(text))) => session.text(text).await,
                     Some(Ok(Message::Binary(bytes))) => session.binary(bytes).await,
                     Some(Ok(Message::Ping(bytes))) => session.pong(&bytes).await,
-                    Some(Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop)) => Ok(()),
+                    // Fragments are echoed frame by frame, so the per-frame limit still holds.
+                    Some(Ok(Message::Continuation(item))) => session.continuation(item).await,
+                    Some(Ok(Message::Pong(_) | Message::Nop)) => Ok(()),
                     Some(Ok(Message::Close(reason))) => break reason,
                     Some(Err(error)) => {
                         log::debug!("stream session {}: {error}", redemption.claims.jti);

@@ -1,5 +1,8 @@
 mod canonical;
 mod cli;
+mod compat;
+mod limits;
 mod redis;
 mod rotation;
+mod stream;
 mod support;

@@ -63,7 +63,7 @@ struct Details {
     parameter: &'static str,
 }
 
-fn render_error(e: &ApiError) -> HttpResponse {
+pub(super) fn render_error(e: &ApiError) -> HttpResponse {
     let details = match e {
         ApiError::InvalidParam { param, .. } => Some(Details { parameter: param }),
         _ => None,

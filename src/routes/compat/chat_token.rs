@@ -89,7 +89,7 @@ struct Failure<'a> {
     code: &'a str,
 }
 
-fn render_error(e: &ApiError) -> HttpResponse {
+pub(super) fn render_error(e: &ApiError) -> HttpResponse {
     let message = e.message();
     let (message, code) = match e {
         ApiError::InvalidParam { .. } => (INVALID_TTL, "invalid_ttl"),

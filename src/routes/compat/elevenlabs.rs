@@ -105,7 +105,7 @@ struct Status<'a> {
     message: String,
 }
 
-fn render_error(e: &ApiError) -> HttpResponse {
+pub(super) fn render_error(e: &ApiError) -> HttpResponse {
     HttpResponse::build(e.status_code()).json(ErrorBody {
         detail: Status {
             status: e.code(),

@@ -9,26 +9,35 @@ mod stream_token;
 
 use actix_web::web;
 
-use super::resource;
+use super::resource_rendering as resource;
 use crate::settings::CompatFamilies;
 
 pub fn configure(cfg: &mut web::ServiceConfig, families: CompatFamilies) {
     if families.assemblyai {
-        cfg.service(resource("/v3/token").route(web::get().to(assemblyai::token)));
+        cfg.service(
+            resource("/v3/token", assemblyai::render_error).route(web::get().to(assemblyai::token)),
+        );
     }
     if families.elevenlabs {
         cfg.service(
-            resource("/v1/single-use-token/{token_type}").route(web::post().to(elevenlabs::token)),
+            resource(
+                "/v1/single-use-token/{token_type}",
+                elevenlabs::render_error,
+            )
+            .route(web::post().to(elevenlabs::token)),
         );
     }
     if families.stream {
-        cfg.service(resource("/api/v1/token").route(web::get().to(stream_token::token)));
+        cfg.service(
+            resource("/api/v1/token", stream_token::render_error)
+                .route(web::get().to(stream_token::token)),
+        );
     }
     if families.chat {
         // The page's Node example calls `/api/api/v1/chat/token`; serve it so that code works too.
         for path in ["/api/v1/chat/token", "/api/api/v1/chat/token"] {
             cfg.service(
-                resource(path)
+                resource(path, chat_token::render_error)
                     .route(web::get().to(chat_token::token))
                     .route(web::post().to(chat_token::token)),
             );

@@ -71,7 +71,7 @@ struct InvalidTtlBody {
     code: &'static str,
 }
 
-fn render_error(e: &ApiError) -> HttpResponse {
+pub(super) fn render_error(e: &ApiError) -> HttpResponse {
     let status = e.status_code();
     let message = e.message();
     let (error, code) = match e {

@@ -193,6 +193,14 @@ impl TestApp {
         )
     }
 
+    /// Creates an API key with every field chosen by the caller (rate override, credits) in this
+    /// app's keys dir and reloads the keyring.
+    pub fn add_api_key_with(&self, new: NewApiKey) -> String {
+        let key = key_admin::add_api_key(self.keys_dir.path(), &new).unwrap();
+        self.reload_keys();
+        key
+    }
+
     /// What SIGHUP does in the real binary.
     pub fn reload_keys(&self) {
         self.state.keyring.reload().unwrap();
