@@ -29,7 +29,10 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let minted = IntCounterVec::new(
-            Opts::new("streamtoken_tokens_minted_total", "Tokens minted, by route and token type"),
+            Opts::new(
+                "streamtoken_tokens_minted_total",
+                "Tokens minted, by route and token type",
+            ),
             &["route", "token_type"],
         )
         .expect("valid metric");
@@ -90,7 +93,9 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(open_sessions.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Metrics {
             registry,

@@ -43,7 +43,8 @@ impl AppState {
         Ok(AppState {
             minter: Minter::new(keyring.clone(), settings.token.clone()),
             redeemer: web::Data::new(
-                Redeemer::new(keyring.clone(), &settings.token, store).with_metrics(metrics.clone()),
+                Redeemer::new(keyring.clone(), &settings.token, store)
+                    .with_metrics(metrics.clone()),
             ),
             metrics,
             rate_limiter: RateLimiter::new(settings.rate_limit),

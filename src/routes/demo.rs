@@ -40,7 +40,9 @@ pub async fn token(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
         return Err(ApiError::NotFound);
     }
     let minted = state.minter.mint(DEV_ORG, MintRequest::default())?;
-    state.metrics.minted("/demo/token", &minted.claims.token_type);
+    state
+        .metrics
+        .minted("/demo/token", &minted.claims.token_type);
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
         .json(DemoToken {

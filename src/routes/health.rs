@@ -13,6 +13,7 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.redeemer.store();
     store.ping().await.map_err(|cause| {
+        state.redeemer.count_store_error();
         log::warn!("readiness check failed: {cause}");
         ApiError::ReplayStoreUnavailable
     })?;

@@ -19,6 +19,7 @@ struct UsageBody<'a> {
 pub async fn usage(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let org = &caller.0.org;
     let usage = state.redeemer.store().usage(org).await.map_err(|cause| {
+        state.redeemer.count_store_error();
         log::warn!("{cause}");
         ApiError::ReplayStoreUnavailable
     })?;

@@ -2,6 +2,7 @@ mod canonical;
 mod cli;
 mod compat;
 mod limits;
+mod metrics;
 mod redis;
 mod rotation;
 mod stream;
