@@ -1,5 +1,5 @@
 # Developer entry points; see README.md.
-.PHONY: run test lint fmt clean-keys
+.PHONY: run test lint fmt clean-keys contract-tools
 
 # First run creates a dev signing key + API key in $STREAMTOKEN_KEYS_DIR (default keys/) and prints the key.
 run:
@@ -10,6 +10,7 @@ test:
 	cargo test --all-targets
 	bash tests/smoke_make_run.sh
 	bash tests/browser/run.sh
+	bash tests/contract/run.sh
 
 lint:
 	cargo fmt --all -- --check
@@ -21,3 +22,7 @@ fmt:
 # Removes generated key material but keeps the tracked keys/README.md and keys/.gitignore.
 clean-keys:
 	test ! -d keys || find keys -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +
+
+# Pinned schemathesis / openapi-python-client / openapi-spec-validator for the contract tests.
+contract-tools:
+	bash tests/contract/install.sh

@@ -108,8 +108,11 @@ pub struct Ctx(BTreeMap<String, String>);
 
 impl Ctx {
     pub const MAX_ENTRIES: usize = 16;
-    pub const MAX_KEY_BYTES: usize = 64;
-    pub const MAX_VALUE_BYTES: usize = 256;
+    /// Characters (not bytes), so the limits can be stated exactly in the OpenAPI schema.
+    pub const MAX_KEY_CHARS: usize = 64;
+    pub const MAX_VALUE_CHARS: usize = 256;
+    /// The whole ctx as JSON; keeps every mintable token under `token::MAX_TOKEN_BYTES`.
+    pub const MAX_JSON_BYTES: usize = 4096;
 
     pub fn parse(entries: BTreeMap<String, String>) -> Result<Self, InvalidParam> {
         if entries.len() > Self::MAX_ENTRIES {
@@ -119,18 +122,26 @@ impl Ctx {
             )));
         }
         for (key, value) in &entries {
-            if key.is_empty() || key.len() > Self::MAX_KEY_BYTES {
+            let key_chars = key.chars().count();
+            if key_chars == 0 || key_chars > Self::MAX_KEY_CHARS {
                 return Err(InvalidParam(format!(
-                    "ctx keys must be 1-{} bytes",
-                    Self::MAX_KEY_BYTES
+                    "ctx keys must be 1-{} characters",
+                    Self::MAX_KEY_CHARS
                 )));
             }
-            if value.len() > Self::MAX_VALUE_BYTES {
+            if value.chars().count() > Self::MAX_VALUE_CHARS {
                 return Err(InvalidParam(format!(
-                    "ctx value for {key:?} is longer than {} bytes",
-                    Self::MAX_VALUE_BYTES
+                    "ctx value for {key:?} is longer than {} characters",
+                    Self::MAX_VALUE_CHARS
                 )));
             }
+        }
+        let json_bytes = serde_json::to_vec(&entries).map_or(usize::MAX, |json| json.len());
+        if json_bytes > Self::MAX_JSON_BYTES {
+            return Err(InvalidParam(format!(
+                "ctx is {json_bytes} bytes as JSON; at most {} are allowed",
+                Self::MAX_JSON_BYTES
+            )));
         }
         Ok(Ctx(entries))
     }
@@ -189,9 +200,20 @@ mod tests {
         assert!(Ctx::parse(long_key).is_err());
         let long_value = BTreeMap::from([("k".to_string(), "v".repeat(257))]);
         assert!(Ctx::parse(long_value).is_err());
+        let multibyte = BTreeMap::from([("é".repeat(64), "é".repeat(256))]);
+        assert!(Ctx::parse(multibyte).is_ok(), "limits count characters");
         let empty_key = BTreeMap::from([(String::new(), "v".to_string())]);
         assert!(Ctx::parse(empty_key).is_err());
         let fine = BTreeMap::from([("chatbotId".to_string(), "v".repeat(256))]);
         assert!(Ctx::parse(fine).is_ok());
+    }
+
+    #[test]
+    fn a_ctx_too_large_for_a_verifiable_token_is_refused() {
+        let huge: BTreeMap<_, _> = (0..16)
+            .map(|i| (format!("{i:0>64}"), "\u{1}".repeat(256)))
+            .collect();
+        let err = Ctx::parse(huge).unwrap_err();
+        assert!(err.0.contains("as JSON"), "{}", err.0);
     }
 }

@@ -15,8 +15,9 @@ use uuid::Uuid;
 use crate::keyring::{Keyring, SigningKey};
 use crate::settings::TokenSettings;
 
-/// Longest token accepted for verification; ours are a few hundred bytes.
-pub const MAX_TOKEN_BYTES: usize = 4096;
+/// Longest token accepted for verification. A token with the largest ctx allowed
+/// (`Ctx::MAX_JSON_BYTES`) stays well below it; typical tokens are a few hundred bytes.
+pub const MAX_TOKEN_BYTES: usize = 8192;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {

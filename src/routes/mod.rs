@@ -7,7 +7,9 @@ pub mod stream;
 mod tokens;
 mod usage;
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
+use actix_web::{web, HttpResponse, Resource, Route};
 
 use crate::error::ApiError;
 use crate::settings::CompatFamilies;
@@ -15,29 +17,55 @@ use crate::settings::CompatFamilies;
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 
 pub fn configure(cfg: &mut web::ServiceConfig, compat_families: CompatFamilies) {
-    cfg.service(resource("/v1/tokens").route(web::post().to(tokens::mint)))
-        .service(resource("/v1/tokens/redeem").route(web::post().to(tokens::redeem)))
-        .service(resource("/v1/tokens/introspect").route(web::post().to(tokens::introspect)))
-        .service(resource("/healthz").route(web::get().to(health::healthz)))
-        .service(resource("/metrics").route(web::get().to(crate::metrics::metrics)))
-        .service(resource("/readyz").route(web::get().to(health::readyz)))
-        .service(resource("/v1/usage").route(web::get().to(usage::usage)))
-        .service(resource("/v1/stream").route(web::get().to(stream::stream)))
-        .service(resource("/demo").route(web::get().to(demo::page)))
-        .service(resource("/demo/token").route(web::post().to(demo::token)))
-        .service(resource("/openapi.yaml").route(web::get().to(openapi)));
+    let canonical = ApiError::canonical_response;
+    for (path, method, route) in [
+        ("/v1/tokens", Method::POST, web::to(tokens::mint)),
+        ("/v1/tokens/redeem", Method::POST, web::to(tokens::redeem)),
+        (
+            "/v1/tokens/introspect",
+            Method::POST,
+            web::to(tokens::introspect),
+        ),
+        ("/v1/usage", Method::GET, web::to(usage::usage)),
+        ("/v1/stream", Method::GET, web::to(stream::stream)),
+        ("/healthz", Method::GET, web::to(health::healthz)),
+        ("/readyz", Method::GET, web::to(health::readyz)),
+        ("/metrics", Method::GET, web::to(crate::metrics::metrics)),
+        ("/openapi.yaml", Method::GET, web::to(openapi)),
+        ("/demo", Method::GET, web::to(demo::page)),
+        ("/demo/token", Method::POST, web::to(demo::token)),
+    ] {
+        cfg.service(endpoint(path, canonical, vec![(method, route)]));
+    }
     compat::configure(cfg, compat_families);
 }
 
-/// A resource whose wrong-method answer is a JSON error, not actix's empty 405.
-fn resource(path: &str) -> actix_web::Resource {
-    resource_rendering(path, ApiError::canonical_response)
-}
-
-/// A resource whose wrong-method answer is rendered in its surface's own envelope.
-fn resource_rendering(path: &str, render: fn(&ApiError) -> HttpResponse) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(move || async move {
-        render(&ApiError::MethodNotAllowed)
+/// A resource serving `routes`, whose wrong-method answer is a 405 in the surface's own
+/// envelope with the `Allow` header RFC 9110 asks for (not actix's empty 405).
+fn endpoint(
+    path: &str,
+    render: fn(&ApiError) -> HttpResponse,
+    routes: Vec<(Method, Route)>,
+) -> Resource {
+    let allow = routes
+        .iter()
+        .map(|(method, _)| method.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let resource = routes
+        .into_iter()
+        .fold(web::resource(path), |resource, (method, route)| {
+            resource.route(route.method(method))
+        });
+    resource.default_service(web::to(move || {
+        let allow = allow.clone();
+        async move {
+            let mut response = render(&ApiError::MethodNotAllowed);
+            if let Ok(value) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+            response
+        }
     }))
 }
 

@@ -15,7 +15,7 @@ use crate::json_body::read_json;
 use crate::mint::{MintRequest, MintedToken};
 use crate::params::{Ctx, ExpiresIn, InvalidParam, SessionDuration, TokenType, Uses};
 use crate::startup::AppState;
-use crate::token::Claims;
+use crate::token::{Claims, MAX_TOKEN_BYTES};
 
 /// Body of `POST /v1/tokens`; every field is optional. Unknown fields are refused so a typo
 /// (`expires_in`) is not silently replaced by a default.
@@ -64,11 +64,18 @@ fn seconds<T: Copy>(
     let Some(number) = value else {
         return Ok(default);
     };
+    // As in JSON Schema, a number with no fractional part is an integer (`60.0`, `6e1`).
     let integer = number
         .as_i64()
         .map(i128::from)
-        .or_else(|| number.as_u64().map(i128::from));
-    // Any non-integer is refused by the parser's range check with the field's message.
+        .or_else(|| number.as_u64().map(i128::from))
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 1e18)
+                .map(|f| f as i128)
+        });
+    // Any other number is refused by the parser's range check with the field's message.
     parse(integer.unwrap_or(i128::MIN))
 }
 
@@ -119,8 +126,16 @@ struct TokenBody {
 
 impl TokenBody {
     fn into_token(self) -> Result<String, ApiError> {
-        self.token
-            .ok_or_else(|| ApiError::InvalidRequest("token is required".into()))
+        let token = self
+            .token
+            .ok_or_else(|| ApiError::InvalidRequest("token is required".into()))?;
+        // Characters, as the schema's maxLength counts; our tokens are ASCII either way.
+        if token.chars().count() > MAX_TOKEN_BYTES {
+            return Err(ApiError::InvalidRequest(format!(
+                "token is longer than {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
+        Ok(token)
     }
 }
 
@@ -212,8 +227,24 @@ mod tests {
     }
 
     #[test]
+    fn integral_json_numbers_are_integers_as_in_json_schema() {
+        for (value, expected) in [("60.0", 60), ("1e3", 1000), ("6E1", 60)] {
+            let request = parse(&format!(r#"{{"expires_in_seconds":{value}}}"#)).unwrap();
+            assert_eq!(request.expires_in.get(), expected, "{value}");
+        }
+    }
+
+    #[test]
     fn non_integer_seconds_are_refused_with_the_fields_rule() {
-        for value in ["0", "-1", "1.5", "1e3", "3601", "99999999999999999999"] {
+        for value in [
+            "0",
+            "-1",
+            "1.5",
+            "1e4",
+            "3601",
+            "99999999999999999999",
+            "1e300",
+        ] {
             let err = parse(&format!(r#"{{"expires_in_seconds":{value}}}"#)).unwrap_err();
             assert_eq!(
                 err, "expires_in_seconds must be an integer between 1 and 3600",

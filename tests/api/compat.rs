@@ -1125,8 +1125,10 @@ async fn chat_post_bodies_are_bound_into_ctx_or_refused_in_the_chat_envelope() {
     let long_id = json!({ "chatbotId": over_limit }).to_string();
     let long_session = json!({ "sessionId": over_limit }).to_string();
     let exact_id = json!({ "chatbotId": at_limit }).to_string();
-    // 129 two-byte characters: 129 characters, 258 bytes.
-    let multibyte_id = json!({ "chatbotId": "é".repeat(129) }).to_string();
+    // Limits count characters: 256 two-byte characters fit, 257 do not.
+    let multibyte_at_limit = "é".repeat(256);
+    let multibyte_id = json!({ "chatbotId": multibyte_at_limit }).to_string();
+    let multibyte_over = json!({ "chatbotId": "é".repeat(257) }).to_string();
     let page_body = chat_body().to_string();
     let extra_fields =
         json!({"chatbotId": "CHATBOT-ID", "sessionId": "RANDOM-STRING", "userId": "u-1", "stream": true, "n": 3})
@@ -1137,10 +1139,11 @@ async fn chat_post_bodies_are_bound_into_ctx_or_refused_in_the_chat_envelope() {
     let cases: Vec<(Option<&str>, String, StatusCode, ChatOutcome, &str)> = vec![
         // (content type, body, status, Ok(ctx) or Err(error code), description)
         (json_type, page_body.clone(), StatusCode::OK, Ok(Some(chat_body())), "the page's body"),
-        (json_type, exact_id, StatusCode::OK, Ok(Some(json!({ "chatbotId": at_limit }))), "a chatbotId of exactly 256 bytes"),
-        (json_type, long_id, StatusCode::BAD_REQUEST, Err("invalid_request"), "a chatbotId of 257 bytes"),
-        (json_type, long_session, StatusCode::BAD_REQUEST, Err("invalid_request"), "a sessionId of 257 bytes"),
-        (json_type, multibyte_id, StatusCode::BAD_REQUEST, Err("invalid_request"), "a chatbotId of 129 characters but 258 bytes"),
+        (json_type, exact_id, StatusCode::OK, Ok(Some(json!({ "chatbotId": at_limit }))), "a chatbotId of exactly 256 characters"),
+        (json_type, long_id, StatusCode::BAD_REQUEST, Err("invalid_request"), "a chatbotId of 257 characters"),
+        (json_type, long_session, StatusCode::BAD_REQUEST, Err("invalid_request"), "a sessionId of 257 characters"),
+        (json_type, multibyte_id, StatusCode::OK, Ok(Some(json!({ "chatbotId": multibyte_at_limit }))), "a chatbotId of 256 two-byte characters"),
+        (json_type, multibyte_over, StatusCode::BAD_REQUEST, Err("invalid_request"), "a chatbotId of 257 two-byte characters"),
         (Some("text/plain"), page_body.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE, Err("unsupported_media_type"), "text/plain"),
         (Some("application/xml"), page_body.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE, Err("unsupported_media_type"), "application/xml"),
         (Some("multipart/form-data"), page_body.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE, Err("unsupported_media_type"), "multipart/form-data"),
