@@ -146,6 +146,9 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// Longest wait for one Redis answer before redemption fails closed with 503.
     pub timeout: Duration,
+    /// Strict single use across Redis restarts: redeem only while Redis confirms
+    /// `appendonly yes` and `appendfsync always`.
+    pub require_persistence: bool,
 }
 
 /// A configuration value that may hold a password (a Redis URL): `Debug` never prints it.
@@ -194,6 +197,7 @@ impl Settings {
     /// Reads settings through `lookup`, so tests need not mutate the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
+        let require_persistence = env.flag("STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE")?;
         let redis = match env.text("STREAMTOKEN_REDIS_URL") {
             None => None,
             Some(url) => Some(RedisSettings {
@@ -206,6 +210,7 @@ impl Settings {
                     DEFAULT_REDIS_TIMEOUT_MS,
                     1..=60_000,
                 )?),
+                require_persistence,
             }),
         };
         if let Some(redis) = &redis {
@@ -331,6 +336,23 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         }
     }
 
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`); unset means false.
+    fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        match self
+            .text(name)
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("false" | "0" | "no") => Ok(false),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some(other) => Err(ConfigError {
+                variable: name,
+                value: other.into(),
+                reason: "must be true or false".into(),
+            }),
+        }
+    }
+
     /// Issuer and audience end up in every token: printable ASCII, no spaces, at most 128 bytes.
     fn name(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
         let value = self.text(name).unwrap_or_else(|| default.into());
@@ -409,6 +431,7 @@ mod tests {
             ("STREAMTOKEN_COMPAT", "assemblyai,nope"),
             ("STREAMTOKEN_STREAM_IDLE_TIMEOUT_SECONDS", "0"),
             ("STREAMTOKEN_DEMO", "on"),
+            ("STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE", "maybe"),
         ] {
             let err = settings(&[(var, value)]).expect_err(var);
             assert_eq!(err.variable, var, "{value}");

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::keyring::{Keyring, SigningKey};
+use crate::params::ExpiresIn;
 use crate::settings::TokenSettings;
 
 /// Longest token accepted for verification. A token with the largest ctx allowed
@@ -58,6 +59,8 @@ pub enum RejectReason {
     Expired,
     WrongIssuer,
     WrongAudience,
+    /// `exp` lies further ahead than any token this service mints could.
+    ExcessiveLifetime,
     AlreadyUsed,
 }
 
@@ -71,6 +74,7 @@ impl RejectReason {
             RejectReason::Expired => "expired",
             RejectReason::WrongIssuer => "wrong_issuer",
             RejectReason::WrongAudience => "wrong_audience",
+            RejectReason::ExcessiveLifetime => "excessive_lifetime",
             RejectReason::AlreadyUsed => "already_used",
         }
     }
@@ -84,6 +88,9 @@ impl RejectReason {
             RejectReason::Expired => "the token's redemption window has passed",
             RejectReason::WrongIssuer => "the token was issued by another issuer",
             RejectReason::WrongAudience => "the token is meant for another audience",
+            RejectReason::ExcessiveLifetime => {
+                "the token's redemption window is longer than any this service issues"
+            }
             RejectReason::AlreadyUsed => "the token has already been used",
         }
     }
@@ -99,6 +106,9 @@ pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, jsonwebtoken::e
 #[derive(Debug, Clone)]
 pub struct TokenVerifier {
     validation: Validation,
+    /// Furthest `exp` may lie ahead of now: the longest window we mint plus leeway. A token
+    /// beyond it was not minted by this configuration, and its replay entry would never expire.
+    max_ahead_seconds: i64,
 }
 
 impl TokenVerifier {
@@ -108,7 +118,10 @@ impl TokenVerifier {
         validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        TokenVerifier { validation }
+        TokenVerifier {
+            validation,
+            max_ahead_seconds: i64::from(ExpiresIn::MAX) + settings.leeway_seconds as i64,
+        }
     }
 
     pub fn verify(&self, token: &str, keyring: &Keyring) -> Result<Claims, RejectReason> {
@@ -124,7 +137,7 @@ impl TokenVerifier {
             .as_deref()
             .and_then(|kid| keyring.verifying_key(kid))
             .ok_or(RejectReason::UnknownKid)?;
-        jsonwebtoken::decode::<Claims>(token, key.decoding(), &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, key.decoding(), &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => RejectReason::BadSignature,
@@ -133,7 +146,11 @@ impl TokenVerifier {
                 ErrorKind::InvalidAudience => RejectReason::WrongAudience,
                 ErrorKind::InvalidAlgorithm => RejectReason::AlgorithmNotAllowed,
                 _ => RejectReason::Malformed,
-            })
+            })?;
+        if claims.exp - chrono::Utc::now().timestamp() > self.max_ahead_seconds {
+            return Err(RejectReason::ExcessiveLifetime);
+        }
+        Ok(claims)
     }
 }
 
@@ -208,7 +225,15 @@ mod tests {
     #[test]
     fn a_token_minted_by_another_language_verifies() {
         let keyring = keyring_with(&["fixture"]);
-        let claims = verifier().verify(PYTHON_FIXTURE, &keyring).unwrap();
+        // The fixture's exp (year 2100) is fixed, so lift the lifetime bound for it; this test
+        // is about the wire format, and the bound has its own case below.
+        let mut far = verifier();
+        far.max_ahead_seconds = i64::MAX;
+        let claims = far.verify(PYTHON_FIXTURE, &keyring).unwrap();
+        assert_eq!(
+            verifier().verify(PYTHON_FIXTURE, &keyring),
+            Err(RejectReason::ExcessiveLifetime)
+        );
         assert_eq!(claims.org, "acme");
         assert_eq!(
             claims.jti.to_string(),

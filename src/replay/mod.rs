@@ -8,7 +8,7 @@ mod memory;
 mod redis_store;
 
 pub use memory::MemoryStore;
-pub use redis_store::RedisStore;
+pub use redis_store::{Persistence, RedisStore};
 
 /// Opens the store the settings ask for: Redis when a URL is set, else the memory store with
 /// its sweeper. Needs a Tokio runtime.
@@ -16,7 +16,12 @@ pub fn open(
     settings: &crate::settings::Settings,
 ) -> anyhow::Result<std::sync::Arc<dyn ReplayStore>> {
     Ok(match &settings.redis {
-        Some(redis) => std::sync::Arc::new(RedisStore::connect_lazily(redis)?),
+        Some(redis) => {
+            let store = std::sync::Arc::new(RedisStore::connect_lazily(redis)?);
+            let checking = store.clone();
+            tokio::spawn(async move { checking.warn_about_persistence().await });
+            store
+        }
         None => {
             let memory = std::sync::Arc::new(MemoryStore::new());
             memory.spawn_sweeper(memory::SWEEP_INTERVAL);

@@ -8,7 +8,8 @@
 //! single key, so the store works on a standalone Redis and on Redis Cluster alike.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -37,6 +38,9 @@ pub struct RedisStore {
     conn: ConnectionManager,
     key_prefix: String,
     timeout: Duration,
+    require_persistence: bool,
+    /// The last persistence check and when it ran (strict mode re-checks every few seconds).
+    persistence: Mutex<Option<(Instant, Persistence)>>,
     charge_credit: redis::Script,
 }
 
@@ -55,8 +59,100 @@ impl RedisStore {
             conn: ConnectionManager::new_lazy_with_config(client, config)?,
             key_prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
+            require_persistence: settings.require_persistence,
+            persistence: Mutex::new(None),
             charge_credit: redis::Script::new(CHARGE_CREDIT),
         })
+    }
+
+    /// What Redis says about its persistence (`CONFIG GET appendonly` / `appendfsync`).
+    pub async fn persistence(&self) -> Result<Persistence, StoreUnavailable> {
+        let mut conn = self.conn.clone();
+        let reply: redis::RedisResult<Vec<String>> = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("append*")
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreUnavailable("no answer from Redis to CONFIG GET".into()))?;
+        let pairs = match reply {
+            Ok(pairs) => pairs,
+            // Managed Redis often refuses CONFIG; that is an answer, not an outage.
+            Err(e) if e.kind() == redis::ErrorKind::Io => {
+                return Err(StoreUnavailable(e.to_string()))
+            }
+            Err(e) => return Ok(Persistence::Unknown(e.to_string())),
+        };
+        let value = |name: &str| {
+            pairs
+                .chunks(2)
+                .find(|pair| pair[0] == name)
+                .and_then(|pair| pair.get(1))
+                .map(String::as_str)
+        };
+        Ok(match (value("appendonly"), value("appendfsync")) {
+            (Some("yes"), Some("always")) => Persistence::EveryWrite,
+            (Some("yes"), Some(fsync)) => Persistence::Periodic(fsync.to_owned()),
+            (Some(_), _) => Persistence::Off,
+            _ => Persistence::Unknown("CONFIG GET returned no appendonly setting".into()),
+        })
+    }
+
+    /// Logs, once at start-up, what a Redis restart would do to single use.
+    pub async fn warn_about_persistence(&self) {
+        match self.persistence().await {
+            Ok(Persistence::EveryWrite) => {
+                log::info!("Redis persistence: appendonly yes, appendfsync always (strict single use across restarts)")
+            }
+            Ok(Persistence::Periodic(fsync)) => log::warn!(
+                "Redis persistence: appendonly yes but appendfsync {fsync}: a Redis crash can forget \
+                 the last redemptions, and those tokens could be redeemed again until they expire; \
+                 use appendfsync always for strict single use"
+            ),
+            Ok(Persistence::Off) => log::warn!(
+                "Redis persistence is off (appendonly no): if Redis restarts, tokens redeemed before \
+                 the restart can be redeemed again until they expire; use appendonly yes + \
+                 appendfsync always and STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE=true for strict single use"
+            ),
+            Ok(Persistence::Unknown(why)) => {
+                log::warn!("cannot check Redis persistence ({why}); single use across Redis restarts depends on it")
+            }
+            Err(e) => log::info!("Redis persistence not checked at start-up: {e}"),
+        }
+    }
+
+    /// In strict mode, refuses to record uses unless Redis confirms it writes every one to disk
+    /// before answering. Re-checked every few seconds, so a Redis restarted without
+    /// persistence is noticed.
+    async fn ensure_durable(&self) -> Result<(), StoreUnavailable> {
+        if !self.require_persistence {
+            return Ok(());
+        }
+        let cached = self
+            .persistence
+            .lock()
+            .ok()
+            .and_then(|guard| guard.clone())
+            .filter(|(checked, _)| checked.elapsed() < PERSISTENCE_RECHECK);
+        let persistence = match cached {
+            Some((_, persistence)) => persistence,
+            None => {
+                let persistence = self.persistence().await?;
+                if let Ok(mut guard) = self.persistence.lock() {
+                    *guard = Some((Instant::now(), persistence.clone()));
+                }
+                persistence
+            }
+        };
+        match persistence {
+            Persistence::EveryWrite => Ok(()),
+            other => Err(StoreUnavailable(format!(
+                "strict mode (STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE) needs Redis with appendonly yes \
+                 and appendfsync always; it reports {other:?}"
+            ))),
+        }
     }
 
     fn key(&self, jti: Uuid) -> String {
@@ -110,6 +206,7 @@ impl RedisStore {
 #[async_trait]
 impl ReplayStore for RedisStore {
     async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable> {
+        self.ensure_durable().await?;
         let key = self.key(use_of.jti);
         let redeemed = self.usage_key(use_of.org, "redeemed");
         let record = self.record_use(&key, &use_of);
@@ -208,12 +305,29 @@ impl ReplayStore for RedisStore {
         let mut conn = self.conn.clone();
         self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
             .await
-            .map(drop)
+            .map(drop)?;
+        self.ensure_durable().await
     }
 
     fn backend(&self) -> &'static str {
         "redis"
     }
+}
+
+/// How strict mode re-checks Redis's persistence settings.
+const PERSISTENCE_RECHECK: Duration = Duration::from_secs(5);
+
+/// What a Redis restart would do to the consumed `jti` set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Persistence {
+    /// `appendonly yes` + `appendfsync always`: every recorded use is on disk before Redis answers.
+    EveryWrite,
+    /// `appendonly yes` with a periodic fsync: a crash can lose the last writes.
+    Periodic(String),
+    /// No append-only file: a restart forgets every consumed `jti`.
+    Off,
+    /// Redis would not say (CONFIG refused, e.g. on a managed service).
+    Unknown(String),
 }
 
 /// Reads what `SET NX` (OK / nil) or the counting script (uses left / -1) answered.

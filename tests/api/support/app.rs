@@ -59,6 +59,7 @@ pub fn redis_settings(url: &str) -> RedisSettings {
         url: Secret::new(url),
         key_prefix: format!("test-{}", uuid::Uuid::new_v4()),
         timeout: std::time::Duration::from_millis(500),
+        require_persistence: false,
     }
 }
 
