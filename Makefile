@@ -1,5 +1,5 @@
 # Developer entry points; see README.md.
-.PHONY: run test lint fmt clean-keys contract-tools
+.PHONY: run test lint fmt clean-keys contract-tools bench
 
 # First run creates a dev signing key + API key in $STREAMTOKEN_KEYS_DIR (default keys/) and prints the key.
 run:
@@ -26,3 +26,7 @@ clean-keys:
 # Pinned schemathesis / openapi-python-client / openapi-spec-validator for the contract tests.
 contract-tools:
 	bash tests/contract/install.sh
+
+# Benchmarks (not part of `make test`): criterion + wrk load runs + memory footprint, one table.
+bench:
+	bash benches/http.sh

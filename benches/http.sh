@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# `make bench`: one run, one table. Criterion micro-benchmarks (one core), then HTTP load on
+# loopback with wrk (64 connections, bounded runs), then the memory store's footprint.
+# Every HTTP figure is from this run; ratios are to the fixed-body ceiling (/healthz).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration="${BENCH_DURATION:-5s}"
+connections="${BENCH_CONNECTIONS:-64}"
+threads="${BENCH_THREADS:-2}"
+tokens_per_run="${BENCH_TOKENS:-600000}"
+
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "installing wrk (Debian package)"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO=sudo
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk
+fi
+if ! command -v redis-server >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO=sudo
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server
+fi
+
+echo "building release…"
+cargo build --release --quiet --bin streamtoken --example memory_footprint
+bin=target/release/streamtoken
+work="$(mktemp -d)"
+server_pid=""; redis_pid=""
+cleanup() {
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+    [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+export STREAMTOKEN_KEYS_DIR="$work/keys"
+key="$("$bin" keys init | tail -n 1)"
+export STREAMTOKEN_BENCH_KEY="$key" STREAMTOKEN_BENCH_THREADS="$threads"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_server() { # extra env as arguments
+    local port; port="$(free_port)"
+    env STREAMTOKEN_BIND="127.0.0.1:$port" STREAMTOKEN_RATE_PER_MINUTE=100000000 \
+        STREAMTOKEN_WORKERS="${BENCH_WORKERS:-$(nproc)}" RUST_LOG=warn "$@" \
+        "$bin" serve > "$work/server.out" 2> "$work/server.err" &
+    server_pid=$!
+    for _ in $(seq 1 200); do grep -q "listening on" "$work/server.out" 2>/dev/null && break; sleep 0.05; done
+    base="http://127.0.0.1:$port"
+}
+stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
+peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$server_pid/status"; }
+
+rows=()
+ceiling=""
+# run NAME URL [wrk args…]: one bounded wrk run; records req/s, p50, p99, ratio, peak RSS.
+run() {
+    local name="$1" url="$2"; shift 2
+    wrk -t"$threads" -c"$connections" -d"$duration" --latency "$@" "$url" > "$work/wrk.txt"
+    local rps p50 p99 non2xx
+    rps="$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt")"
+    p50="$(awk '$1=="50%" {print $2}' "$work/wrk.txt")"
+    p99="$(awk '$1=="99%" {print $2}' "$work/wrk.txt")"
+    non2xx="$(awk '/Non-2xx/ {print $NF}' "$work/wrk.txt")"
+    [ -n "$ceiling" ] || ceiling="$rps"
+    local ratio; ratio="$(python3 -c "print(f'{100*$rps/$ceiling:.0f}%')")"
+    rows+=("| $name | $(printf '%.0f' "$rps") | $p50 | $p99 | $ratio | $(peak_rss_mib) MiB | ${non2xx:-0} |")
+    echo "  $name: $(printf '%.0f' "$rps") req/s, p50 $p50, p99 $p99, non-2xx ${non2xx:-0}"
+}
+
+echo "== criterion (in-process, one core)"
+cargo bench --quiet --bench tokens -- --output-format bencher 2> /dev/null | tee "$work/criterion.txt" | grep "^test" || true
+micro_rows=()
+while read -r _ name _ _ ns _; do
+    ns="${ns//,/}"
+    micro_rows+=("| ${name#tokens/} | $(python3 -c "print(f'{1e9/$ns:,.0f}')") | $ns ns |")
+done < <(grep "^test" "$work/criterion.txt")
+
+echo "== HTTP load: wrk -t$threads -c$connections -d$duration on loopback"
+start_server
+run "ceiling: GET /healthz (fixed body)" "$base/healthz"
+run "POST /v1/tokens (mint)" "$base/v1/tokens" -s benches/wrk/mint.lua
+run "GET /v3/token (mint, AssemblyAI)" "$base/v3/token?expires_in_seconds=60" -H "Authorization: $key"
+stop_server
+
+echo "minting $tokens_per_run tokens offline for the redeem runs…"
+"$bin" mint --org dev --ttl 3600 --count "$tokens_per_run" > "$work/tokens-memory.txt"
+export STREAMTOKEN_BENCH_TOKENS="$work/tokens-memory.txt"
+start_server
+run "POST /v1/tokens/redeem (memory store)" "$base/v1/tokens/redeem" -s benches/wrk/redeem.lua
+stop_server
+
+redis_port="$(free_port)"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no > "$work/redis.log" 2>&1 &
+redis_pid=$!
+for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
+"$bin" mint --org dev --ttl 3600 --count "$tokens_per_run" > "$work/tokens-redis.txt"
+export STREAMTOKEN_BENCH_TOKENS="$work/tokens-redis.txt"
+start_server STREAMTOKEN_REDIS_URL="redis://127.0.0.1:$redis_port/"
+run "POST /v1/tokens/redeem (Redis store)" "$base/v1/tokens/redeem" -s benches/wrk/redeem.lua
+stop_server
+
+echo "== memory store footprint"
+footprint="$(target/release/examples/memory_footprint)"
+echo "  $footprint"
+
+cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo
+echo "Machine: $(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB; load generator on the same machine."
+echo
+echo "| in-process (one core) | ops/s | time per op |"
+echo "| --- | ---: | ---: |"
+printf '%s\n' "${micro_rows[@]}"
+echo
+echo "| HTTP ($connections connections, $duration, $threads wrk threads) | req/s | p50 | p99 | vs ceiling | server peak RSS | non-2xx |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+printf '%s\n' "${rows[@]}"
+echo
+echo "Memory store with 1,000,000 live consumed jti: $(sed 's/.*rss_mib=\([0-9.]*\).*bytes_per_entry=\([0-9]*\).*/\1 MiB RSS (about \2 bytes per entry)/' <<< "$footprint")"
