@@ -22,19 +22,46 @@ pub fn redact_uri(uri: &str) -> String {
         Some((path, query)) => (path, Some(query)),
         None => (uri, None),
     };
-    let mut out = mask_secret_shapes(path);
+    let mut out = mask_encoded(path);
     if let Some(query) = query {
         out.push('?');
         let pairs: Vec<String> = query
             .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) if is_secret_param(name) => format!("{name}={REDACTED}"),
-                _ => mask_secret_shapes(pair),
+            .map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                // Names and values are judged decoded, as the routes read them: `%74oken=%65yJ…`
+                // is a token too.
+                if is_secret_param(&percent_decode(name)) || looks_secret(&percent_decode(value)) {
+                    format!("{}={REDACTED}", mask_encoded(name))
+                } else {
+                    mask_encoded(pair)
+                }
             })
             .collect();
         out.push_str(&pairs.join("&"));
     }
     out
+}
+
+fn percent_decode(text: &str) -> String {
+    form_urlencoded::parse(format!("x={text}").as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default()
+}
+
+fn looks_secret(text: &str) -> bool {
+    mask_secret_shapes(text) != text
+}
+
+/// Masks credential shapes in the text as written, or all of it when only its decoded form shows one.
+fn mask_encoded(text: &str) -> String {
+    let masked = mask_secret_shapes(text);
+    if masked == text && looks_secret(&percent_decode(text)) {
+        REDACTED.to_owned()
+    } else {
+        masked
+    }
 }
 
 fn is_secret_param(name: &str) -> bool {
@@ -87,6 +114,17 @@ mod tests {
             redact_uri(&format!("/v1/tokens/{key}?t=eyJhbGciOiJIUzI1NiJ9.e30.abc")),
             "/v1/tokens/[redacted]?t=[redacted]"
         );
+    }
+
+    #[test]
+    fn percent_encoded_names_and_values_are_judged_decoded() {
+        let token = "%65yJhbGciOiJIUzI1NiJ9.%65yJzdWIiOiIxIn0.sig";
+        assert_eq!(
+            redact_uri(&format!("/v1/stream?%74oken={token}")),
+            "/v1/stream?%74oken=[redacted]"
+        );
+        assert_eq!(redact_uri(&format!("/x?t={token}")), "/x?t=[redacted]");
+        assert_eq!(redact_uri(&format!("/v1/tokens/{token}")), "[redacted]");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Prometheus metrics, one registry per application (so test apps never share counters),
 //! rendered by `GET /metrics` in the text exposition format.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use prometheus::{
@@ -15,8 +18,13 @@ use prometheus::{
 use crate::startup::AppState;
 use crate::token::RejectReason;
 
+/// Distinct `token_type` label values kept before the rest are counted as `other`: clients
+/// choose token types, and a label set must not grow without bound.
+pub const MAX_TOKEN_TYPE_LABELS: usize = 32;
+
 pub struct Metrics {
     registry: Registry,
+    token_type_labels: Mutex<HashSet<String>>,
     minted: IntCounterVec,
     redeemed: IntCounterVec,
     rejected: IntCounterVec,
@@ -99,6 +107,7 @@ impl Metrics {
         }
         Metrics {
             registry,
+            token_type_labels: Mutex::new(HashSet::new()),
             minted,
             redeemed,
             rejected,
@@ -110,11 +119,29 @@ impl Metrics {
     }
 
     pub fn minted(&self, route: &str, token_type: &str) {
+        let token_type = self.token_type_label(token_type);
         self.minted.with_label_values(&[route, token_type]).inc();
     }
 
     pub fn redeemed(&self, token_type: &str) {
+        let token_type = self.token_type_label(token_type);
         self.redeemed.with_label_values(&[token_type]).inc();
+    }
+
+    /// The label for `token_type`: itself while fewer than `MAX_TOKEN_TYPE_LABELS` types have
+    /// been seen, `other` after that.
+    fn token_type_label<'a>(&self, token_type: &'a str) -> &'a str {
+        let Ok(mut seen) = self.token_type_labels.lock() else {
+            return "other";
+        };
+        if seen.contains(token_type) {
+            return token_type;
+        }
+        if seen.len() < MAX_TOKEN_TYPE_LABELS {
+            seen.insert(token_type.to_owned());
+            return token_type;
+        }
+        "other"
     }
 
     pub fn rejected(&self, reason: &str) {
@@ -172,7 +199,18 @@ pub async fn time_requests(
         .app_data::<web::Data<AppState>>()
         .map(|state| state.metrics.clone());
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_owned();
+    // Clients may send any method name; only the standard ones become labels.
+    let method = match *req.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::HEAD
+        | Method::OPTIONS => req.method().as_str(),
+        _ => "other",
+    }
+    .to_owned();
     let response = next.call(req).await?;
     if let Some(metrics) = metrics {
         metrics

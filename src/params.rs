@@ -115,13 +115,19 @@ impl Ctx {
     pub const MAX_JSON_BYTES: usize = 4096;
 
     pub fn parse(entries: BTreeMap<String, String>) -> Result<Self, InvalidParam> {
+        Self::check(&entries)?;
+        Ok(Ctx(entries))
+    }
+
+    /// The rules `parse` applies, without taking the map.
+    pub fn check(entries: &BTreeMap<String, String>) -> Result<(), InvalidParam> {
         if entries.len() > Self::MAX_ENTRIES {
             return Err(InvalidParam(format!(
                 "ctx may hold at most {} entries",
                 Self::MAX_ENTRIES
             )));
         }
-        for (key, value) in &entries {
+        for (key, value) in entries {
             let key_chars = key.chars().count();
             if key_chars == 0 || key_chars > Self::MAX_KEY_CHARS {
                 return Err(InvalidParam(format!(
@@ -136,14 +142,14 @@ impl Ctx {
                 )));
             }
         }
-        let json_bytes = serde_json::to_vec(&entries).map_or(usize::MAX, |json| json.len());
+        let json_bytes = serde_json::to_vec(entries).map_or(usize::MAX, |json| json.len());
         if json_bytes > Self::MAX_JSON_BYTES {
             return Err(InvalidParam(format!(
                 "ctx is {json_bytes} bytes as JSON; at most {} are allowed",
                 Self::MAX_JSON_BYTES
             )));
         }
-        Ok(Ctx(entries))
+        Ok(())
     }
 
     pub fn into_inner(self) -> BTreeMap<String, String> {

@@ -154,7 +154,7 @@ impl Redeemer {
             .uses_recorded(claims.jti, claims.uses)
             .await
             .inspect_err(|_| self.count_store_error())?;
-        let uses_remaining = claims.uses - used;
+        let uses_remaining = claims.uses.saturating_sub(used);
         Ok(Introspection {
             active: uses_remaining > 0,
             reason: (uses_remaining == 0).then_some(RejectReason::AlreadyUsed),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::keyring::{Keyring, SigningKey};
-use crate::params::ExpiresIn;
+use crate::params::{Ctx, ExpiresIn, SessionDuration, TokenType, Uses};
 use crate::settings::TokenSettings;
 
 /// Longest token accepted for verification. A token with the largest ctx allowed
@@ -150,8 +150,22 @@ impl TokenVerifier {
         if claims.exp - chrono::Utc::now().timestamp() > self.max_ahead_seconds {
             return Err(RejectReason::ExcessiveLifetime);
         }
+        // Even correctly signed, claims outside what this service mints are not trusted
+        // (e.g. `uses: 0` would make the replay arithmetic meaningless).
+        if !claims_are_in_range(&claims) {
+            return Err(RejectReason::Malformed);
+        }
         Ok(claims)
     }
+}
+
+fn claims_are_in_range(claims: &Claims) -> bool {
+    (Uses::MIN..=Uses::MAX).contains(&claims.uses)
+        && (SessionDuration::MIN..=SessionDuration::MAX)
+            .contains(&claims.max_session_duration_seconds)
+        && TokenType::parse(&claims.token_type).is_ok()
+        && crate::key_admin::is_valid_org(&claims.org)
+        && (claims.ctx.is_empty() || Ctx::check(&claims.ctx).is_ok())
 }
 
 #[derive(Deserialize)]

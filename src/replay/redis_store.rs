@@ -8,8 +8,7 @@
 //! single key, so the store works on a standalone Redis and on Redis Cluster alike.
 
 use std::future::Future;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -39,8 +38,6 @@ pub struct RedisStore {
     key_prefix: String,
     timeout: Duration,
     require_persistence: bool,
-    /// The last persistence check and when it ran (strict mode re-checks every few seconds).
-    persistence: Mutex<Option<(Instant, Persistence)>>,
     charge_credit: redis::Script,
 }
 
@@ -60,7 +57,6 @@ impl RedisStore {
             key_prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
             require_persistence: settings.require_persistence,
-            persistence: Mutex::new(None),
             charge_credit: redis::Script::new(CHARGE_CREDIT),
         })
     }
@@ -77,27 +73,12 @@ impl RedisStore {
         )
         .await
         .map_err(|_| StoreUnavailable("no answer from Redis to CONFIG GET".into()))?;
-        let pairs = match reply {
-            Ok(pairs) => pairs,
+        match reply {
+            Ok(pairs) => Ok(persistence_from_pairs(&pairs)),
             // Managed Redis often refuses CONFIG; that is an answer, not an outage.
-            Err(e) if e.kind() == redis::ErrorKind::Io => {
-                return Err(StoreUnavailable(e.to_string()))
-            }
-            Err(e) => return Ok(Persistence::Unknown(e.to_string())),
-        };
-        let value = |name: &str| {
-            pairs
-                .chunks(2)
-                .find(|pair| pair[0] == name)
-                .and_then(|pair| pair.get(1))
-                .map(String::as_str)
-        };
-        Ok(match (value("appendonly"), value("appendfsync")) {
-            (Some("yes"), Some("always")) => Persistence::EveryWrite,
-            (Some("yes"), Some(fsync)) => Persistence::Periodic(fsync.to_owned()),
-            (Some(_), _) => Persistence::Off,
-            _ => Persistence::Unknown("CONFIG GET returned no appendonly setting".into()),
-        })
+            Err(e) if e.kind() == redis::ErrorKind::Io => Err(StoreUnavailable(e.to_string())),
+            Err(e) => Ok(Persistence::Unknown(e.to_string())),
+        }
     }
 
     /// Logs, once at start-up, what a Redis restart would do to single use.
@@ -123,36 +104,56 @@ impl RedisStore {
         }
     }
 
-    /// In strict mode, refuses to record uses unless Redis confirms it writes every one to disk
-    /// before answering. Re-checked every few seconds, so a Redis restarted without
-    /// persistence is noticed.
-    async fn ensure_durable(&self) -> Result<(), StoreUnavailable> {
-        if !self.require_persistence {
-            return Ok(());
-        }
-        let cached = self
-            .persistence
-            .lock()
-            .ok()
-            .and_then(|guard| guard.clone())
-            .filter(|(checked, _)| checked.elapsed() < PERSISTENCE_RECHECK);
-        let persistence = match cached {
-            Some((_, persistence)) => persistence,
-            None => {
-                let persistence = self.persistence().await?;
-                if let Ok(mut guard) = self.persistence.lock() {
-                    *guard = Some((Instant::now(), persistence.clone()));
-                }
-                persistence
-            }
+    /// Takes back a use this attempt recorded, and its count.
+    async fn release(
+        &self,
+        key: &str,
+        marker: &str,
+        redeemed: &str,
+        allowed_uses: u32,
+    ) -> Result<(), StoreUnavailable> {
+        let mut conn = self.conn.clone();
+        let released: i64 = if allowed_uses <= 1 {
+            self.bounded(release_marked(key, marker).query_async(&mut conn))
+                .await?
+        } else {
+            self.bounded(redis::cmd("DECR").arg(key).query_async::<i64>(&mut conn))
+                .await
+                .map(|_| 1)?
         };
-        match persistence {
-            Persistence::EveryWrite => Ok(()),
-            other => Err(StoreUnavailable(format!(
-                "strict mode (STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE) needs Redis with appendonly yes \
-                 and appendfsync always; it reports {other:?}"
-            ))),
+        if released > 0 {
+            self.bounded(
+                redis::cmd("DECR")
+                    .arg(redeemed)
+                    .query_async::<i64>(&mut conn),
+            )
+            .await?;
         }
+        Ok(())
+    }
+
+    /// After a timeout the write may still be queued (a paused Redis runs it later). Queue a
+    /// compare-and-delete behind it on the same ordered connection, so a single-use token
+    /// refused with 503 is not consumed after all and the documented retry works. Best effort:
+    /// if the connection itself is lost, the write either ran before the loss or never will.
+    fn release_after_timeout(&self, key: &str, marker: &str, redeemed: &str, use_of: &UseOf<'_>) {
+        if use_of.allowed_uses > 1 || use_of.credit_limit.is_some() {
+            return; // counted uses and charged credits cannot be told apart per attempt
+        }
+        let mut conn = self.conn.clone();
+        // Built now, so it is queued right behind the timed-out write.
+        let release = release_marked(key, marker);
+        let redeemed = redeemed.to_owned();
+        tokio::spawn(async move {
+            let released =
+                tokio::time::timeout(RELEASE_DEADLINE, release.query_async::<i64>(&mut conn)).await;
+            if let Ok(Ok(1)) = released {
+                let mut decr = redis::cmd("DECR");
+                decr.arg(&redeemed);
+                let _ = tokio::time::timeout(RELEASE_DEADLINE, decr.query_async::<i64>(&mut conn))
+                    .await;
+            }
+        });
     }
 
     fn key(&self, jti: Uuid) -> String {
@@ -164,11 +165,11 @@ impl RedisStore {
     }
 
     /// The one command that records a use: `SET NX EXAT` for single use, the script otherwise.
-    fn record_use(&self, key: &str, use_of: &UseOf<'_>) -> redis::Cmd {
+    fn record_use(&self, key: &str, marker: &str, use_of: &UseOf<'_>) -> redis::Cmd {
         if use_of.allowed_uses <= 1 {
             let mut cmd = redis::cmd("SET");
             cmd.arg(key)
-                .arg(use_of.org)
+                .arg(marker)
                 .arg("NX")
                 .arg("EXAT")
                 .arg(use_of.expires_at);
@@ -206,54 +207,80 @@ impl RedisStore {
 #[async_trait]
 impl ReplayStore for RedisStore {
     async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable> {
-        self.ensure_durable().await?;
         let key = self.key(use_of.jti);
         let redeemed = self.usage_key(use_of.org, "redeemed");
-        let record = self.record_use(&key, &use_of);
+        // A single-use entry holds this attempt's marker, so a timed-out attempt can take back
+        // exactly its own write (see `release_after_timeout`).
+        let marker = format!("{} {}", use_of.org, Uuid::new_v4().simple());
         let mut conn = self.conn.clone();
-        let Some(limit) = use_of.credit_limit else {
-            // One round trip records the use and counts it; a replay gives its count back.
-            let mut both = redis::pipe();
-            both.add_command(record).cmd("INCR").arg(&redeemed).ignore();
-            let (reply,): (redis::Value,) = self.bounded(both.query_async(&mut conn)).await?;
-            let outcome = consumed(&reply);
-            if outcome == Consumed::AlreadyUsed {
-                self.bounded(
-                    redis::cmd("DECR")
-                        .arg(&redeemed)
-                        .query_async::<i64>(&mut conn),
+        if let Some(limit) = use_of.credit_limit {
+            // Charge first, then record the use, refunding a replay: a concurrent redemption is
+            // never told "already used" about a use that would be taken back. The price is that
+            // a replay in flight may briefly hold the org's last credit (a transient 402).
+            let charged: i64 = self
+                .bounded(
+                    self.charge_credit
+                        .key(&redeemed)
+                        .arg(limit)
+                        .invoke_async(&mut conn),
                 )
                 .await?;
+            if charged < 0 {
+                let used = self.uses_recorded(use_of.jti, use_of.allowed_uses).await?;
+                return Ok(if used >= use_of.allowed_uses {
+                    Consumed::AlreadyUsed
+                } else {
+                    Consumed::NoCredits
+                });
             }
-            return Ok(outcome);
-        };
-        // Charge first, then record the use, refunding a replay: a concurrent redemption is
-        // never told "already used" about a use that would be taken back. The price is that a
-        // replay in flight may briefly hold the org's last credit (a transient 402 elsewhere).
-        let charged: i64 = self
-            .bounded(
-                self.charge_credit
-                    .key(&redeemed)
-                    .arg(limit)
-                    .invoke_async(&mut conn),
-            )
-            .await?;
-        if charged < 0 {
-            let used = self.uses_recorded(use_of.jti, use_of.allowed_uses).await?;
-            return Ok(if used >= use_of.allowed_uses {
-                Consumed::AlreadyUsed
-            } else {
-                Consumed::NoCredits
-            });
         }
-        let outcome = consumed(&self.bounded(record.query_async(&mut conn)).await?);
+        // One round trip: [the persistence check in strict mode,] the use, [its count]. Sent as
+        // one pipeline on one connection, the check and the write are answered by the same
+        // Redis instance: a Redis restarted without persistence cannot slip in between.
+        let mut pipe = redis::pipe();
+        if self.require_persistence {
+            pipe.cmd("CONFIG").arg("GET").arg("append*");
+        }
+        pipe.add_command(self.record_use(&key, &marker, &use_of));
+        if use_of.credit_limit.is_none() {
+            pipe.cmd("INCR").arg(&redeemed).ignore();
+        }
+        let replies: Vec<redis::Value> = match self.bounded(pipe.query_async(&mut conn)).await {
+            Ok(replies) => replies,
+            Err(unavailable) => {
+                self.release_after_timeout(&key, &marker, &redeemed, &use_of);
+                return Err(unavailable);
+            }
+        };
+        let (persistence, reply) = match (self.require_persistence, replies.as_slice()) {
+            (true, [config, reply]) => (Some(persistence_from(config)), reply),
+            (false, [reply]) => (None, reply),
+            _ => {
+                return Err(StoreUnavailable(
+                    "unexpected pipeline reply from Redis".into(),
+                ))
+            }
+        };
+        let outcome = consumed(reply);
         if outcome == Consumed::AlreadyUsed {
+            // Give back the count (or the credit) this replay took.
             self.bounded(
                 redis::cmd("DECR")
                     .arg(&redeemed)
                     .query_async::<i64>(&mut conn),
             )
             .await?;
+            return Ok(outcome);
+        }
+        if let Some(persistence) = persistence.filter(|p| *p != Persistence::EveryWrite) {
+            // Strict mode and Redis would not keep this use across a restart: take it back and
+            // refuse, so the token can be redeemed once persistence is on.
+            self.release(&key, &marker, &redeemed, use_of.allowed_uses)
+                .await?;
+            return Err(StoreUnavailable(format!(
+                "strict mode (STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE) needs Redis with appendonly \
+                 yes and appendfsync always; it reports {persistence:?}"
+            )));
         }
         Ok(outcome)
     }
@@ -265,7 +292,7 @@ impl ReplayStore for RedisStore {
             .await?;
         Ok(match value {
             None => 0,
-            // A single-use entry holds the org name, a counted one its number of uses.
+            // A single-use entry holds "<org> <attempt>", a counted one its number of uses.
             Some(_) if allowed_uses <= 1 => 1,
             Some(n) => n.parse::<u32>().unwrap_or(allowed_uses).min(allowed_uses),
         })
@@ -306,7 +333,17 @@ impl ReplayStore for RedisStore {
         self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
             .await
             .map(drop)?;
-        self.ensure_durable().await
+        if self.require_persistence {
+            match self.persistence().await? {
+                Persistence::EveryWrite => {}
+                other => {
+                    return Err(StoreUnavailable(format!(
+                        "strict mode needs appendonly yes and appendfsync always; Redis reports {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 
     fn backend(&self) -> &'static str {
@@ -314,8 +351,46 @@ impl ReplayStore for RedisStore {
     }
 }
 
-/// How strict mode re-checks Redis's persistence settings.
-const PERSISTENCE_RECHECK: Duration = Duration::from_secs(5);
+/// How long a background release after a timeout may wait for Redis.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Deletes a single-use entry only if it still holds this attempt's marker.
+const RELEASE_MARKED: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Plain EVAL (not EVALSHA): it may run long after it was sent, on a Redis that never loaded
+/// the script.
+fn release_marked(key: &str, marker: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RELEASE_MARKED).arg(1).arg(key).arg(marker);
+    cmd
+}
+
+/// Reads `CONFIG GET append*` (name, value, name, value, …).
+fn persistence_from_pairs(pairs: &[String]) -> Persistence {
+    let value = |name: &str| {
+        pairs
+            .chunks(2)
+            .find(|pair| pair[0] == name)
+            .and_then(|pair| pair.get(1))
+            .map(String::as_str)
+    };
+    match (value("appendonly"), value("appendfsync")) {
+        (Some("yes"), Some("always")) => Persistence::EveryWrite,
+        (Some("yes"), Some(fsync)) => Persistence::Periodic(fsync.to_owned()),
+        (Some(_), _) => Persistence::Off,
+        _ => Persistence::Unknown("CONFIG GET returned no appendonly setting".into()),
+    }
+}
+
+fn persistence_from(reply: &redis::Value) -> Persistence {
+    match redis::from_redis_value::<Vec<String>>(reply.clone()) {
+        Ok(pairs) => persistence_from_pairs(&pairs),
+        Err(e) => Persistence::Unknown(e.to_string()),
+    }
+}
 
 /// What a Redis restart would do to the consumed `jti` set.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! | 4002 | token expired (redemption window passed) |
 //! | 4003 | token already used |
 //! | 4402 | the org has no credits left |
-//! | 1011 | replay store unavailable (nothing was consumed) |
+//! | 1011 | replay store unavailable (nothing was accepted; retry) |
 //! | 4008 | session ended: `max_session_duration_seconds` reached |
 //! | 4009 | session ended: idle timeout (no frame from the client) |
 //! | 1001 | server shutting down |

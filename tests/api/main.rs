@@ -1,8 +1,12 @@
 mod canonical;
+mod catalogue;
 mod cli;
 mod compat;
+mod defaults;
+mod faults;
 mod limits;
 mod metrics;
+mod properties;
 mod redis;
 mod rotation;
 mod stream;
