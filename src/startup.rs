@@ -4,6 +4,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::Server;
+use actix_web::middleware::Condition;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
@@ -113,10 +114,13 @@ pub fn run(
     workers: usize,
     compat_families: CompatFamilies,
 ) -> std::io::Result<Server> {
+    // Formatting an access line costs even when the level discards it: attach the logger
+    // only when its target is enabled (RUST_LOG).
+    let access_log_enabled = log::log_enabled!(target: "streamtoken::access", log::Level::Info);
     let server = HttpServer::new(move || {
         App::new()
             .wrap(actix_web::middleware::from_fn(metrics::time_requests))
-            .wrap(access_log::logger())
+            .wrap(Condition::new(access_log_enabled, access_log::logger()))
             .app_data(state.clone())
             .app_data(state.redeemer.clone())
             .configure(|cfg| routes::configure(cfg, compat_families))
