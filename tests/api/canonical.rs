@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -16,6 +15,9 @@ use streamtoken::mint::MintRequest;
 use uuid::Uuid;
 
 use crate::support::app::{error_code, spawn_app, TestApp};
+use crate::support::fields::{
+    keys_of, now, parse_rfc3339, set, BASE_CLAIMS, REDEEM_RESPONSE_FIELDS,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -24,24 +26,6 @@ use crate::support::app::{error_code, spawn_app, TestApp};
 const MINT: &str = "/v1/tokens";
 const REDEEM: &str = "/v1/tokens/redeem";
 const INTROSPECT: &str = "/v1/tokens/introspect";
-
-fn now() -> i64 {
-    Utc::now().timestamp()
-}
-
-/// The key set of a JSON object, for "exactly these fields" assertions.
-fn keys_of(value: &Value) -> BTreeSet<String> {
-    value
-        .as_object()
-        .unwrap_or_else(|| panic!("not a JSON object: {value}"))
-        .keys()
-        .cloned()
-        .collect()
-}
-
-fn set(keys: &[&str]) -> BTreeSet<String> {
-    keys.iter().map(|k| k.to_string()).collect()
-}
 
 /// Decodes one base64url (no padding) JWT segment as JSON.
 fn decode_segment(segment: &str) -> Value {
@@ -132,12 +116,6 @@ async fn envelope(response: Response) -> (StatusCode, String, String) {
     )
 }
 
-fn parse_rfc3339(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text)
-        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
-        .with_timezone(&Utc)
-}
-
 const MINT_RESPONSE_FIELDS: [&str; 7] = [
     "token",
     "token_type",
@@ -146,27 +124,6 @@ const MINT_RESPONSE_FIELDS: [&str; 7] = [
     "expires_at",
     "max_session_duration_seconds",
     "uses",
-];
-
-const BASE_CLAIMS: [&str; 8] = [
-    "iss",
-    "aud",
-    "org",
-    "token_type",
-    "jti",
-    "iat",
-    "exp",
-    "max_session_duration_seconds",
-];
-
-const REDEEM_RESPONSE_FIELDS: [&str; 7] = [
-    "org",
-    "token_type",
-    "jti",
-    "ctx",
-    "max_session_duration_seconds",
-    "session_expires_at",
-    "uses_remaining",
 ];
 
 // ---------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::support::fields::{keys_of, now, set};
 use crate::support::log_capture::looks_secret;
 use crate::support::process::{cli, ServerProcess};
 
@@ -373,17 +374,6 @@ fn parse_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
 // Checking an answer against its row
 // ---------------------------------------------------------------------------------------------
 
-fn keys_of(value: &Value) -> BTreeSet<String> {
-    value
-        .as_object()
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
-fn set(keys: &[&str]) -> BTreeSet<String> {
-    keys.iter().map(|k| k.to_string()).collect()
-}
-
 fn is_compact_jws(token: &Value) -> bool {
     token
         .as_str()
@@ -614,10 +604,6 @@ fn check(case: &Case, answer: &Answer) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // Tokens: minted by the server, or forged with the real secret
 // ---------------------------------------------------------------------------------------------
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
 
 fn b64(bytes: impl AsRef<[u8]>) -> String {
     URL_SAFE_NO_PAD.encode(bytes)

@@ -5,11 +5,8 @@
 //! and error body is asserted, every numeric parameter is pushed over its edges, and every token
 //! is redeemed through the canonical `/v1/tokens/redeem`.
 
-use std::collections::BTreeSet;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chrono::Utc;
 use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
@@ -17,6 +14,7 @@ use streamtoken::api_keys::Scope;
 use streamtoken::settings::CompatFamilies;
 
 use crate::support::app::{spawn_app, spawn_app_with, Options, TestApp};
+use crate::support::fields::{keys_of, now, set, BASE_CLAIMS, REDEEM_RESPONSE_FIELDS};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -41,47 +39,8 @@ const ELEVENLABS_EXPECTED: &str = "'realtime_scribe' or 'tts_websocket'";
 /// The ElevenLabs token lifetime: "expires after 15 minutes".
 const FIFTEEN_MINUTES: i64 = 15 * 60;
 
-/// Claims every minted token carries (`ctx` only when it has entries, `uses` only when > 1).
-const BASE_CLAIMS: [&str; 8] = [
-    "iss",
-    "aud",
-    "org",
-    "token_type",
-    "jti",
-    "iat",
-    "exp",
-    "max_session_duration_seconds",
-];
-
-const REDEEM_RESPONSE_FIELDS: [&str; 7] = [
-    "org",
-    "token_type",
-    "jti",
-    "ctx",
-    "max_session_duration_seconds",
-    "session_expires_at",
-    "uses_remaining",
-];
-
-fn now() -> i64 {
-    Utc::now().timestamp()
-}
-
 /// Whether a body is in the envelope of the route that produced it.
 type EnvelopeCheck = dyn Fn(&Value) -> bool;
-
-fn keys_of(value: &Value) -> BTreeSet<String> {
-    value
-        .as_object()
-        .unwrap_or_else(|| panic!("not a JSON object: {value}"))
-        .keys()
-        .cloned()
-        .collect()
-}
-
-fn set(keys: &[&str]) -> BTreeSet<String> {
-    keys.iter().map(|k| k.to_string()).collect()
-}
 
 /// The claims of a compact JWS, decoded from its base64url payload.
 fn claims_of(token: &str) -> Value {

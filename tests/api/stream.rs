@@ -8,11 +8,10 @@
 //! is polled, so a test that means "a client that sends nothing" must not read the socket while
 //! it waits (see `wait_for_close_frame_unread`).
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use actix_web::{test as actix_test, web, App, HttpResponse};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
@@ -35,6 +34,7 @@ use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
 use crate::support::app::{redis_settings, spawn_app, spawn_app_with, Options, TestApp};
+use crate::support::fields::{keys_of, now, parse_rfc3339, set};
 use crate::support::process::{cli, ServerProcess};
 use crate::support::redis_server::RedisServer;
 
@@ -51,29 +51,6 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(10);
 /// How long Redis may take to be usable again after it comes back.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(5);
-
-fn now() -> i64 {
-    Utc::now().timestamp()
-}
-
-fn keys_of(value: &Value) -> BTreeSet<String> {
-    value
-        .as_object()
-        .unwrap_or_else(|| panic!("not a JSON object: {value}"))
-        .keys()
-        .cloned()
-        .collect()
-}
-
-fn set(keys: &[&str]) -> BTreeSet<String> {
-    keys.iter().map(|k| k.to_string()).collect()
-}
-
-fn parse_rfc3339(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text)
-        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
-        .with_timezone(&Utc)
-}
 
 /// Mints with `body` and returns `(token, jti)`.
 async fn mint(app: &TestApp, body: Value) -> (String, String) {
