@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::api_keys::Scope;
 use crate::redeem::RedeemError;
+use crate::replay::StoreUnavailable;
 use crate::token::RejectReason;
 
 #[derive(Debug, thiserror::Error)]
@@ -105,15 +106,20 @@ impl ApiError {
     }
 }
 
+/// The cause goes to the log; the client gets 503 `replay_store_unavailable`.
+impl From<StoreUnavailable> for ApiError {
+    fn from(cause: StoreUnavailable) -> Self {
+        log::warn!("{cause}");
+        ApiError::ReplayStoreUnavailable
+    }
+}
+
 impl From<RedeemError> for ApiError {
     fn from(e: RedeemError) -> Self {
         match e {
             RedeemError::Rejected(reason) => ApiError::TokenRejected(reason),
             RedeemError::InsufficientCredits => ApiError::InsufficientCredits,
-            RedeemError::StoreUnavailable(cause) => {
-                log::warn!("{cause}");
-                ApiError::ReplayStoreUnavailable
-            }
+            RedeemError::StoreUnavailable(cause) => cause.into(),
         }
     }
 }

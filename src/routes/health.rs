@@ -12,10 +12,9 @@ pub async fn healthz() -> HttpResponse {
 /// Readiness: the replay store answers, so redemptions can be served.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.redeemer.store();
-    store.ping().await.map_err(|cause| {
-        state.redeemer.count_store_error();
-        log::warn!("readiness check failed: {cause}");
-        ApiError::ReplayStoreUnavailable
-    })?;
+    store
+        .ping()
+        .await
+        .inspect_err(|_| state.redeemer.count_store_error())?;
     Ok(HttpResponse::Ok().json(json!({ "status": "ready", "replay_store": store.backend() })))
 }

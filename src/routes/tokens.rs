@@ -194,10 +194,7 @@ pub async fn introspect(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::Redeem)?;
     let token = read_json::<TokenBody>(&req, payload).await?.into_token()?;
-    let found = state.redeemer.introspect(&token).await.map_err(|cause| {
-        log::warn!("{cause}");
-        ApiError::ReplayStoreUnavailable
-    })?;
+    let found = state.redeemer.introspect(&token).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
         .json(IntrospectResponse {

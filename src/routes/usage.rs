@@ -18,11 +18,12 @@ struct UsageBody<'a> {
 
 pub async fn usage(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let org = &caller.0.org;
-    let usage = state.redeemer.store().usage(org).await.map_err(|cause| {
-        state.redeemer.count_store_error();
-        log::warn!("{cause}");
-        ApiError::ReplayStoreUnavailable
-    })?;
+    let usage = state
+        .redeemer
+        .store()
+        .usage(org)
+        .await
+        .inspect_err(|_| state.redeemer.count_store_error())?;
     let limit = state.keyring.snapshot().api_keys().credit_limit(org);
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
