@@ -4,16 +4,17 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use streamtoken::keyring::KeyringHandle;
-use streamtoken::mint::{MintRequest, Minter};
-use streamtoken::redeem::Redeemer;
-use streamtoken::replay::MemoryStore;
+use streamtoken::admission::redeem::Redeemer;
+use streamtoken::keys::keyring::KeyringHandle;
 use streamtoken::settings::TokenSettings;
-use streamtoken::token::TokenVerifier;
+use streamtoken::store::MemoryStore;
+use streamtoken::tenancy::org::Org;
+use streamtoken::token::mint::{MintRequest, Minter};
+use streamtoken::token::verify::TokenVerifier;
 
 fn keyring_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    streamtoken::key_admin::init_dev(dir.path()).expect("dev keys");
+    streamtoken::keys::admin::init_dev(dir.path()).expect("dev keys");
     dir
 }
 
@@ -22,15 +23,16 @@ fn benches(c: &mut Criterion) {
     let handle = Arc::new(KeyringHandle::load(dir.path()).expect("keyring"));
     let settings = TokenSettings::default();
     let minter = Minter::new(handle.clone(), settings.clone());
+    let acme = Org::parse("acme").expect("a valid org");
 
     let mut group = c.benchmark_group("tokens");
     group.throughput(Throughput::Elements(1));
     group.bench_function("mint", |b| {
-        b.iter(|| minter.mint("acme", MintRequest::default()).expect("mint"))
+        b.iter(|| minter.mint(&acme, MintRequest::default()).expect("mint"))
     });
 
     let token = minter
-        .mint("acme", MintRequest::default())
+        .mint(&acme, MintRequest::default())
         .expect("mint")
         .token;
     let verifier = TokenVerifier::new(&settings);
@@ -50,7 +52,7 @@ fn benches(c: &mut Criterion) {
         b.iter_batched(
             || {
                 minter
-                    .mint("acme", MintRequest::default())
+                    .mint(&acme, MintRequest::default())
                     .expect("mint")
                     .token
             },

@@ -2,8 +2,8 @@
 //! Run with `STREAMTOKEN_KEYS_DIR=keys cargo run --example embed_gateway`.
 
 use actix_web::{web, App, HttpResponse, HttpServer};
+use streamtoken::admission::redeem::Redeemer;
 use streamtoken::gateway::Redeemed;
-use streamtoken::redeem::Redeemer;
 use streamtoken::settings::Settings;
 
 /// Runs only after the token verified and one use was consumed; otherwise the client got

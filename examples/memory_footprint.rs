@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use streamtoken::replay::{MemoryStore, ReplayStore, UseOf};
+use streamtoken::store::{MemoryStore, ReplayStore, UseOf};
 use uuid::Uuid;
 
 const ENTRIES: usize = 1_000_000;

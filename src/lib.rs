@@ -1,25 +1,40 @@
 //! streamtoken: mints short-lived, single-use HS256 tokens for streaming sessions and verifies
 //! them locally, consuming each `jti` exactly once.
+//!
+//! # The surface we promise
+//!
+//! For a gateway embedded in an actix-web service:
+//! - [`gateway`]: the `Redeemed` extractor and `redeem_presented`;
+//! - [`admission`]: the redemption core behind every gateway surface (`Redeemer`);
+//! - [`settings`]: the `STREAMTOKEN_*` configuration, read the same way the service reads it.
+//!
+//! For tools and tests that work with the parts directly: [`token`] (claims, minting,
+//! verification), [`keys`] (the keys directory), [`tenancy`] (API keys, orgs, rate limits,
+//! credits), [`store`] (the shared-state layer), and [`http::server`] (the service itself).
+//!
+//! # Where things live
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | `token` | the token format: claims, request values, minting, verification |
+//! | `keys` | the keys directory: signing keys and API-key records, reload, the CLI writer |
+//! | `tenancy` | API keys and scopes, orgs, per-org rate limits, the credit policy |
+//! | `store` | shared state (consumed uses, credits, usage) with memory and Redis backends |
+//! | `admission` | finding a presented token, verifying it, consuming one use, reporting |
+//! | `gateway` | the actix-web embedding of admission |
+//! | `http` | the service: state, server, middleware, error envelope, and each route surface |
+//! | `cli` | the `streamtoken` command |
+//! | `settings`, `input`, `metrics` | configuration, reading integers, Prometheus counters |
 
-pub mod access_log;
-pub mod api_keys;
-pub mod auth;
+pub mod admission;
 pub mod cli;
-pub mod error;
 pub mod gateway;
-pub mod issuance;
-pub mod json_body;
-pub mod key_admin;
-pub mod keyring;
+pub mod http;
+pub mod input;
+pub mod keys;
 pub mod metrics;
-pub mod mint;
-pub mod params;
-pub mod query;
 mod random;
-pub mod rate_limit;
-pub mod redeem;
-pub mod replay;
-pub mod routes;
 pub mod settings;
-pub mod startup;
+pub mod store;
+pub mod tenancy;
 pub mod token;

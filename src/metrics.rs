@@ -1,22 +1,17 @@
 //! Prometheus metrics, one registry per application (so test apps never share counters),
-//! rendered by `GET /metrics` in the text exposition format.
+//! rendered by `GET /metrics` in the text exposition format. Label values are bounded: routes
+//! are patterns, token types are capped, reasons are a fixed set.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::Duration;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::Method;
-use actix_web::middleware::Next;
-use actix_web::{web, HttpResponse};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
-use crate::startup::AppState;
-use crate::token::RejectReason;
+use crate::token::claims::RejectReason;
 
 /// Distinct `token_type` label values kept before the rest are counted as `other`: clients
 /// choose token types, and a label set must not grow without bound.
@@ -166,6 +161,13 @@ impl Metrics {
         SessionGuard(self.open_sessions.clone())
     }
 
+    /// Records one HTTP request under bounded labels (route pattern, method, status).
+    pub fn observe_request(&self, route: &str, method: &str, status: &str, took: Duration) {
+        self.request_duration
+            .with_label_values(&[route, method, status])
+            .observe(took.as_secs_f64());
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         // Encoding our own well-formed families cannot fail; an empty page is the fallback.
@@ -186,43 +188,4 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-/// Times every request. The route label is the matched pattern (`/v1/single-use-token/{token_type}`),
-/// or `unmatched`, so label cardinality stays bounded whatever clients send.
-pub async fn time_requests(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let metrics = req
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.metrics.clone());
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    // Clients may send any method name; only the standard ones become labels.
-    let method = match *req.method() {
-        Method::GET
-        | Method::POST
-        | Method::PUT
-        | Method::DELETE
-        | Method::PATCH
-        | Method::HEAD
-        | Method::OPTIONS => req.method().as_str(),
-        _ => "other",
-    }
-    .to_owned();
-    let response = next.call(req).await?;
-    if let Some(metrics) = metrics {
-        metrics
-            .request_duration
-            .with_label_values(&[&route, &method, response.status().as_str()])
-            .observe(started.elapsed().as_secs_f64());
-    }
-    Ok(response)
-}
-
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
 }

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::input::integer_from_text;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
@@ -318,21 +320,31 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         })
     }
 
+    /// An integer in `range`, read as query strings and JSON bodies are (`input`).
     fn number(
         &self,
         name: &'static str,
         default: u64,
         range: std::ops::RangeInclusive<u64>,
     ) -> Result<u64, ConfigError> {
-        let n: u64 = self.parsed(name, &default.to_string())?;
-        if range.contains(&n) {
-            Ok(n)
+        let Some(value) = self.text(name) else {
+            return Ok(default);
+        };
+        let refuse = |reason: String| ConfigError {
+            variable: name,
+            value: value.clone(),
+            reason,
+        };
+        let n = integer_from_text(value.trim()).ok_or_else(|| refuse("not an integer".into()))?;
+        let within = i128::from(*range.start())..=i128::from(*range.end());
+        if within.contains(&n) {
+            Ok(n as u64)
         } else {
-            Err(ConfigError {
-                variable: name,
-                value: n.to_string(),
-                reason: format!("must be between {} and {}", range.start(), range.end()),
-            })
+            Err(refuse(format!(
+                "must be between {} and {}",
+                range.start(),
+                range.end()
+            )))
         }
     }
 

@@ -10,8 +10,8 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
-use streamtoken::api_keys::Scope;
-use streamtoken::mint::MintRequest;
+use streamtoken::tenancy::api_keys::Scope;
+use streamtoken::token::mint::MintRequest;
 use uuid::Uuid;
 
 use crate::support::app::{error_code, spawn_app, TestApp};

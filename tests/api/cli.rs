@@ -183,12 +183,12 @@ fn keys_add_api_key_prints_the_key_alone_as_the_last_line() {
     // Assert
     let key = last_line(&out);
     assert!(is_api_key(key), "the last line is exactly the key: {out:?}");
-    let keyring = streamtoken::keyring::Keyring::load(dir.path()).unwrap();
+    let keyring = streamtoken::keys::keyring::Keyring::load(dir.path()).unwrap();
     let record = keyring.api_keys().find(key).expect("the printed key works");
-    assert_eq!(record.org, "acme");
+    assert_eq!(record.org.as_str(), "acme");
     assert_eq!(record.name, "ci");
-    assert!(record.allows(streamtoken::api_keys::Scope::Mint));
-    assert!(record.allows(streamtoken::api_keys::Scope::Redeem));
+    assert!(record.allows(streamtoken::tenancy::api_keys::Scope::Mint));
+    assert!(record.allows(streamtoken::tenancy::api_keys::Scope::Redeem));
 }
 
 #[test]

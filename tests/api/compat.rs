@@ -10,8 +10,8 @@ use base64::Engine;
 use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
-use streamtoken::api_keys::Scope;
 use streamtoken::settings::CompatFamilies;
+use streamtoken::tenancy::api_keys::Scope;
 
 use crate::support::app::{spawn_app, spawn_app_with, Options, TestApp};
 use crate::support::fields::{keys_of, now, set, BASE_CLAIMS, REDEEM_RESPONSE_FIELDS};

@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
-use streamtoken::mint::MintRequest;
+use streamtoken::token::mint::MintRequest;
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{json, Value};
-use streamtoken::api_keys::Scope;
-use streamtoken::key_admin::NewApiKey;
+use streamtoken::keys::admin::NewApiKey;
 use streamtoken::settings::RateQuota;
+use streamtoken::tenancy::api_keys::Scope;
+use streamtoken::tenancy::org::Org;
 use tokio::sync::Barrier;
 
 use crate::support::app::{redis_settings, spawn_app, spawn_app_with, Options, TestApp};
@@ -290,7 +291,7 @@ fn new_key(
     credits: Option<u64>,
 ) -> NewApiKey {
     NewApiKey {
-        org: org.into(),
+        org: Org::parse(org).unwrap(),
         name: "limits-test".into(),
         scopes: scopes.to_vec(),
         rate_per_minute,

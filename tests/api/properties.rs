@@ -13,11 +13,14 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{json, Value};
-use streamtoken::api_keys::ApiKeys;
-use streamtoken::keyring::{Keyring, SigningKey};
-use streamtoken::params::{Ctx, ExpiresIn};
+use streamtoken::keys::keyring::{Keyring, SigningKey};
 use streamtoken::settings::TokenSettings;
-use streamtoken::token::{sign, Claims, TokenVerifier};
+use streamtoken::tenancy::api_keys::ApiKeys;
+use streamtoken::token::params::{Ctx, ExpiresIn};
+use streamtoken::token::{
+    claims::{sign, Claims},
+    verify::TokenVerifier,
+};
 use uuid::Uuid;
 
 const KID: &str = "prop-k1";
@@ -85,7 +88,7 @@ fn valid_claims() -> Claims {
     )
 }
 
-fn verify(token: &str) -> Result<Claims, streamtoken::token::RejectReason> {
+fn verify(token: &str) -> Result<Claims, streamtoken::token::claims::RejectReason> {
     VERIFIER.verify(token, &KEYRING)
 }
 

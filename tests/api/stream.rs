@@ -16,12 +16,13 @@ use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use streamtoken::api_keys::Scope;
+use streamtoken::admission::redeem::Redeemer;
 use streamtoken::gateway::Redeemed;
-use streamtoken::key_admin::{self, NewApiKey};
-use streamtoken::mint::MintRequest;
-use streamtoken::redeem::Redeemer;
+use streamtoken::keys::admin::{self, NewApiKey};
 use streamtoken::settings::StreamSettings;
+use streamtoken::tenancy::api_keys::Scope;
+use streamtoken::tenancy::org::Org;
+use streamtoken::token::mint::MintRequest;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -395,10 +396,10 @@ async fn the_same_token_twice_gets_token_already_used_and_close_4003() {
 async fn a_token_of_an_org_without_credits_left_gets_insufficient_credits_and_close_4402() {
     // Arrange: org "acme" may redeem once.
     let app = spawn_app().await;
-    let key = key_admin::add_api_key(
+    let key = admin::add_api_key(
         app.keys_path(),
         &NewApiKey {
-            org: "acme".into(),
+            org: Org::parse("acme").unwrap(),
             name: "one credit".into(),
             scopes: vec![Scope::Mint],
             rate_per_minute: None,

@@ -7,15 +7,16 @@ use std::sync::Arc;
 
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
-use streamtoken::api_keys::Scope;
-use streamtoken::key_admin::{self, NewApiKey};
-use streamtoken::keyring::KeyringHandle;
-use streamtoken::mint::{MintRequest, Minter};
+use streamtoken::http::{server::Application, state::AppState};
+use streamtoken::keys::admin::{self, NewApiKey};
+use streamtoken::keys::keyring::KeyringHandle;
 use streamtoken::settings::{
     CompatFamilies, DemoMode, RateQuota, RedisSettings, Secret, Settings, StreamSettings,
     TokenSettings,
 };
-use streamtoken::startup::{AppState, Application};
+use streamtoken::tenancy::api_keys::Scope;
+use streamtoken::tenancy::org::Org;
+use streamtoken::token::mint::{MintRequest, Minter};
 use tempfile::TempDir;
 
 use super::log_capture;
@@ -78,7 +79,7 @@ pub async fn spawn_app_with_redis(url: &str) -> TestApp {
 pub async fn spawn_app_with(options: Options) -> TestApp {
     log_capture::install();
     let keys_dir = tempfile::tempdir().unwrap();
-    let api_key = key_admin::init_dev(keys_dir.path())
+    let api_key = admin::init_dev(keys_dir.path())
         .unwrap()
         .created_api_key
         .unwrap();
@@ -166,10 +167,10 @@ impl TestApp {
 
     /// Creates another API key in this app's keys dir and reloads the keyring.
     pub fn add_api_key(&self, org: &str, scopes: &[Scope]) -> String {
-        let key = key_admin::add_api_key(
+        let key = admin::add_api_key(
             self.keys_dir.path(),
             &NewApiKey {
-                org: org.into(),
+                org: Org::parse(org).unwrap(),
                 name: "test".into(),
                 scopes: scopes.to_vec(),
                 rate_per_minute: None,
@@ -183,7 +184,7 @@ impl TestApp {
 
     /// What SIGTERM does in the real binary: sessions close with 1001, requests drain.
     pub async fn stop_gracefully(&self) {
-        streamtoken::startup::stop_gracefully(&self.state, &self.handle).await;
+        streamtoken::http::server::stop_gracefully(&self.state, &self.handle).await;
     }
 
     /// The WebSocket URL of the reference stream endpoint.
@@ -197,7 +198,7 @@ impl TestApp {
     /// Creates an API key with every field chosen by the caller (rate override, credits) in this
     /// app's keys dir and reloads the keyring.
     pub fn add_api_key_with(&self, new: NewApiKey) -> String {
-        let key = key_admin::add_api_key(self.keys_dir.path(), &new).unwrap();
+        let key = admin::add_api_key(self.keys_dir.path(), &new).unwrap();
         self.reload_keys();
         key
     }
@@ -214,7 +215,7 @@ impl TestApp {
     /// Mints directly with the app's keyring as if the clock read `now` (e.g. in the past).
     pub fn mint_at(&self, request: MintRequest, now: i64) -> String {
         Minter::new(self.keyring(), self.settings.token.clone())
-            .mint_at("dev", request, now)
+            .mint_at(&Org::dev(), request, now)
             .unwrap()
             .token
     }

@@ -1,0 +1,181 @@
+//! The redemption core: verify locally, then consume one use in the shared store, and count the
+//! outcome. Every gateway surface is a thin layer over it.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+
+use crate::keys::keyring::KeyringHandle;
+use crate::metrics::Metrics;
+use crate::settings::TokenSettings;
+use crate::store::{Consumed, SharedStore, StoreUnavailable, UseOf};
+use crate::token::claims::{Claims, RejectReason};
+use crate::token::verify::TokenVerifier;
+
+#[derive(Debug, Clone)]
+pub struct Redemption {
+    pub claims: Claims,
+    pub uses_remaining: u32,
+    /// When the session opened with this redemption must end.
+    pub session_expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    #[error("token rejected: {}", .0.as_str())]
+    Rejected(RejectReason),
+    /// The org has spent its credits; the token was not consumed and can be redeemed later.
+    #[error("the organisation has no credits left")]
+    InsufficientCredits,
+    #[error(transparent)]
+    StoreUnavailable(#[from] StoreUnavailable),
+}
+
+/// What introspection learned; never consumes a use.
+#[derive(Debug, Clone)]
+pub struct Introspection {
+    pub active: bool,
+    pub reason: Option<RejectReason>,
+    pub claims: Option<Claims>,
+    pub uses_remaining: Option<u32>,
+}
+
+pub struct Redeemer {
+    keyring: Arc<KeyringHandle>,
+    verifier: TokenVerifier,
+    store: Arc<dyn SharedStore>,
+    leeway_seconds: i64,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Redeemer {
+    pub fn new(
+        keyring: Arc<KeyringHandle>,
+        settings: &TokenSettings,
+        store: Arc<dyn SharedStore>,
+    ) -> Self {
+        Redeemer {
+            keyring,
+            verifier: TokenVerifier::new(settings),
+            store,
+            leeway_seconds: settings.leeway_seconds as i64,
+            metrics: None,
+        }
+    }
+
+    /// Counts redemptions, refusals by reason, and replay-store errors.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Everything a gateway needs, from the same settings the service uses: the keyring from
+    /// `STREAMTOKEN_KEYS_DIR` and the shared store (Redis or memory). Needs a Tokio runtime.
+    pub fn from_settings(settings: &crate::settings::Settings) -> anyhow::Result<Self> {
+        let keyring = Arc::new(
+            KeyringHandle::load(&settings.keys_dir)
+                .with_context(|| format!("loading keys from {}", settings.keys_dir.display()))?,
+        );
+        let store = crate::store::open(settings)?;
+        log::info!("shared store: {}", store.backend());
+        Ok(Redeemer::new(keyring, &settings.token, store))
+    }
+
+    /// The keyring this redeemer verifies with (the server signs with the same one).
+    pub fn keyring(&self) -> &Arc<KeyringHandle> {
+        &self.keyring
+    }
+
+    /// The store this redeemer consumes uses in (the server counts usage in the same one).
+    pub fn store(&self) -> &Arc<dyn SharedStore> {
+        &self.store
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, RejectReason> {
+        self.verifier.verify(token, &self.keyring.snapshot())
+    }
+
+    /// Verifies `token` and records one use. Fails closed: a store that cannot answer is an
+    /// error, never an acceptance.
+    pub async fn redeem(&self, token: &str) -> Result<Redemption, RedeemError> {
+        let outcome = self.consume(token).await;
+        if let Some(metrics) = &self.metrics {
+            match &outcome {
+                Ok(redemption) => metrics.redeemed(&redemption.claims.token_type),
+                Err(RedeemError::Rejected(reason)) => metrics.rejected_token(*reason),
+                Err(RedeemError::InsufficientCredits) => metrics.rejected("insufficient_credits"),
+                Err(RedeemError::StoreUnavailable(_)) => metrics.store_error(),
+            }
+        }
+        outcome
+    }
+
+    async fn consume(&self, token: &str) -> Result<Redemption, RedeemError> {
+        let keyring = self.keyring.snapshot();
+        let claims = self
+            .verifier
+            .verify(token, &keyring)
+            .map_err(RedeemError::Rejected)?;
+        let consumed = self
+            .store
+            .consume_once(UseOf {
+                jti: claims.jti,
+                org: &claims.org,
+                allowed_uses: claims.uses,
+                expires_at: self.entry_expiry(&claims),
+                credit_limit: keyring.api_keys().credit_limit(&claims.org),
+            })
+            .await?;
+        match consumed {
+            Consumed::AlreadyUsed => Err(RedeemError::Rejected(RejectReason::AlreadyUsed)),
+            Consumed::NoCredits => Err(RedeemError::InsufficientCredits),
+            Consumed::Accepted { uses_remaining } => {
+                let session = chrono::Duration::seconds(claims.max_session_duration_seconds.into());
+                Ok(Redemption {
+                    session_expires_at: Utc::now() + session,
+                    uses_remaining,
+                    claims,
+                })
+            }
+        }
+    }
+
+    pub async fn introspect(&self, token: &str) -> Result<Introspection, StoreUnavailable> {
+        let claims = match self.verify(token) {
+            Ok(claims) => claims,
+            Err(reason) => {
+                return Ok(Introspection {
+                    active: false,
+                    reason: Some(reason),
+                    claims: None,
+                    uses_remaining: None,
+                })
+            }
+        };
+        let used = self
+            .store
+            .uses_recorded(claims.jti, claims.uses)
+            .await
+            .inspect_err(|_| self.count_store_error())?;
+        let uses_remaining = claims.uses.saturating_sub(used);
+        Ok(Introspection {
+            active: uses_remaining > 0,
+            reason: (uses_remaining == 0).then_some(RejectReason::AlreadyUsed),
+            claims: Some(claims),
+            uses_remaining: Some(uses_remaining),
+        })
+    }
+
+    fn count_store_error(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.store_error();
+        }
+    }
+
+    /// A consumed `jti` must be remembered for as long as its token could still verify: until
+    /// `exp` + leeway, plus one second for the boundary.
+    fn entry_expiry(&self, claims: &Claims) -> i64 {
+        claims.exp + self.leeway_seconds + 1
+    }
+}

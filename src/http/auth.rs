@@ -1,0 +1,115 @@
+//! API-key authentication. A key may arrive in any of the three forms the reference APIs use:
+//! `Authorization: Bearer <key>`, `Authorization: <key>`, or `xi-api-key: <key>`.
+
+use std::future::{ready, Ready};
+use std::sync::Arc;
+
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+use crate::tenancy::api_keys::{ApiKeyRecord, Scope};
+
+/// The key's record, once the presented key matched one.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<ApiKeyRecord>);
+
+impl Caller {
+    pub fn require(&self, scope: Scope) -> Result<&ApiKeyRecord, ApiError> {
+        if self.0.allows(scope) {
+            Ok(&self.0)
+        } else {
+            Err(ApiError::Forbidden(scope))
+        }
+    }
+}
+
+/// The key as presented, whichever header carried it; `None` when absent or blank.
+pub fn presented_key(req: &HttpRequest) -> Option<&str> {
+    let headers = req.headers();
+    let xi_api_key = headers
+        .get("xi-api-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty());
+    let raw = match xi_api_key {
+        Some(value) => value,
+        None => {
+            let value = headers.get("authorization")?.to_str().ok()?.trim();
+            match value.split_once(' ') {
+                Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest,
+                // "Bearer" with nothing after it is a scheme without a key.
+                _ if value.eq_ignore_ascii_case("bearer") => return None,
+                _ => value,
+            }
+        }
+    };
+    Some(raw.trim()).filter(|key| !key.is_empty())
+}
+
+pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Caller, ApiError> {
+    let presented = presented_key(req).ok_or(ApiError::MissingApiKey)?;
+    let keyring = state.keyring.snapshot();
+    keyring
+        .api_keys()
+        .find(presented)
+        .map(|record| Caller(record.clone()))
+        .ok_or(ApiError::InvalidApiKey)
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(match req.app_data::<web::Data<AppState>>() {
+            Some(state) => authenticate(req, state),
+            None => Err(ApiError::Unexpected(anyhow::anyhow!(
+                "AppState is not registered"
+            ))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn each_of_the_three_header_forms_yields_the_key() {
+        for (name, value) in [
+            ("authorization", "Bearer st_abc"),
+            ("authorization", "bearer st_abc"),
+            ("authorization", "st_abc"),
+            ("xi-api-key", "st_abc"),
+        ] {
+            let req = TestRequest::default()
+                .insert_header((name, value))
+                .to_http_request();
+            assert_eq!(presented_key(&req), Some("st_abc"), "{name}: {value}");
+        }
+    }
+
+    #[test]
+    fn a_blank_xi_api_key_header_does_not_hide_an_authorization_header() {
+        let req = TestRequest::default()
+            .insert_header(("xi-api-key", " "))
+            .insert_header(("authorization", "Bearer st_abc"))
+            .to_http_request();
+        assert_eq!(presented_key(&req), Some("st_abc"));
+    }
+
+    #[test]
+    fn blank_or_absent_keys_are_missing() {
+        assert_eq!(
+            presented_key(&TestRequest::default().to_http_request()),
+            None
+        );
+        for value in ["", "Bearer ", "   "] {
+            let req = TestRequest::default()
+                .insert_header(("authorization", value))
+                .to_http_request();
+            assert_eq!(presented_key(&req), None, "{value:?}");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! What wraps every request: timing into the request-duration histogram, and the
+//! `Cache-Control: no-store` every response carries (tokens, verdicts, usage and errors must
+//! never sit in a shared cache; a handler may set its own value, none does today).
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
+use actix_web::middleware::{DefaultHeaders, Next};
+use actix_web::web;
+
+use crate::http::state::AppState;
+
+pub fn no_store() -> DefaultHeaders {
+    DefaultHeaders::new().add((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+}
+
+/// Times every request. The route label is the matched pattern (`/v1/single-use-token/{token_type}`),
+/// or `unmatched`, so label cardinality stays bounded whatever clients send.
+pub async fn time_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.metrics.clone());
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    // Clients may send any method name; only the standard ones become labels.
+    let method = match *req.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::HEAD
+        | Method::OPTIONS => req.method().as_str(),
+        _ => "other",
+    }
+    .to_owned();
+    let response = next.call(req).await?;
+    if let Some(metrics) = metrics {
+        metrics.observe_request(
+            &route,
+            &method,
+            response.status().as_str(),
+            started.elapsed(),
+        );
+    }
+    Ok(response)
+}

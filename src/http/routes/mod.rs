@@ -1,0 +1,72 @@
+//! HTTP surfaces. Each module is one surface; shared behaviour lives in the cores they call.
+
+mod compat;
+mod demo;
+mod ops;
+mod stream;
+mod tokens;
+mod usage;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
+use actix_web::{web, HttpResponse, Resource, Route};
+
+use crate::http::error::ApiError;
+use crate::settings::CompatFamilies;
+
+pub fn configure(cfg: &mut web::ServiceConfig, compat_families: CompatFamilies) {
+    let canonical = ApiError::canonical_response;
+    for (path, method, route) in [
+        ("/v1/tokens", Method::POST, web::to(tokens::mint)),
+        ("/v1/tokens/redeem", Method::POST, web::to(tokens::redeem)),
+        (
+            "/v1/tokens/introspect",
+            Method::POST,
+            web::to(tokens::introspect),
+        ),
+        ("/v1/usage", Method::GET, web::to(usage::usage)),
+        ("/v1/stream", Method::GET, web::to(stream::stream)),
+        ("/healthz", Method::GET, web::to(ops::healthz)),
+        ("/readyz", Method::GET, web::to(ops::readyz)),
+        ("/metrics", Method::GET, web::to(ops::metrics)),
+        ("/openapi.yaml", Method::GET, web::to(ops::openapi)),
+        ("/demo", Method::GET, web::to(demo::page)),
+        ("/demo/token", Method::POST, web::to(demo::token)),
+    ] {
+        cfg.service(endpoint(path, canonical, vec![(method, route)]));
+    }
+    compat::configure(cfg, compat_families);
+}
+
+/// A resource serving `routes`, whose wrong-method answer is a 405 in the surface's own
+/// envelope with the `Allow` header RFC 9110 asks for (not actix's empty 405).
+fn endpoint(
+    path: &str,
+    render: fn(&ApiError) -> HttpResponse,
+    routes: Vec<(Method, Route)>,
+) -> Resource {
+    let allow = routes
+        .iter()
+        .map(|(method, _)| method.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let resource = routes
+        .into_iter()
+        .fold(web::resource(path), |resource, (method, route)| {
+            resource.route(route.method(method))
+        });
+    resource.default_service(web::to(move || {
+        let allow = allow.clone();
+        async move {
+            let mut response = render(&ApiError::MethodNotAllowed);
+            if let Ok(value) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+            response
+        }
+    }))
+}
+
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}

@@ -1,0 +1,246 @@
+//! The canonical API: `/v1/tokens`, `/v1/tokens/redeem`, `/v1/tokens/introspect`.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::SecondsFormat;
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+
+use crate::http::auth::Caller;
+use crate::http::error::ApiError;
+use crate::http::issuance::issue;
+use crate::http::json_body::read_json;
+use crate::http::state::AppState;
+use crate::input::{integer_from_json, InvalidParam};
+use crate::tenancy::api_keys::Scope;
+use crate::token::claims::Claims;
+use crate::token::mint::{MintRequest, MintedToken};
+use crate::token::params::{Ctx, ExpiresIn, SessionDuration, TokenType, Uses};
+use crate::token::verify::MAX_TOKEN_BYTES;
+
+/// Body of `POST /v1/tokens`; every field is optional. Unknown fields are refused so a typo
+/// (`expires_in`) is not silently replaced by a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintBody {
+    token_type: Option<String>,
+    expires_in_seconds: Option<Number>,
+    max_session_duration_seconds: Option<Number>,
+    ctx: Option<BTreeMap<String, String>>,
+    uses: Option<Number>,
+}
+
+impl TryFrom<MintBody> for MintRequest {
+    type Error = InvalidParam;
+
+    fn try_from(body: MintBody) -> Result<Self, InvalidParam> {
+        let defaults = MintRequest::default();
+        Ok(MintRequest {
+            token_type: body
+                .token_type
+                .map_or(Ok(defaults.token_type), |t| TokenType::parse(&t))?,
+            expires_in: integer(
+                body.expires_in_seconds,
+                defaults.expires_in,
+                ExpiresIn::parse,
+            )?,
+            session: integer(
+                body.max_session_duration_seconds,
+                defaults.session,
+                SessionDuration::parse,
+            )?,
+            ctx: body.ctx.map_or(Ok(defaults.ctx), Ctx::parse)?,
+            uses: integer(body.uses, defaults.uses, Uses::parse)?,
+        })
+    }
+}
+
+/// A JSON number that must be an integer in range: floats, negatives and overflowing values all
+/// get the field's own rule as the error.
+fn integer<T>(
+    value: Option<Number>,
+    default: T,
+    parse: impl Fn(i128) -> Result<T, InvalidParam>,
+) -> Result<T, InvalidParam> {
+    match value {
+        None => Ok(default),
+        // Any number that is not an integer is refused by the range check with the field's rule.
+        Some(number) => parse(integer_from_json(&number).unwrap_or(i128::MIN)),
+    }
+}
+
+#[derive(Serialize)]
+struct MintResponse<'a> {
+    token: &'a str,
+    token_type: &'a str,
+    jti: String,
+    expires_in_seconds: i64,
+    expires_at: String,
+    max_session_duration_seconds: u32,
+    uses: u32,
+}
+
+pub async fn mint(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let parsed = read_json::<MintBody>(&req, payload)
+        .await
+        .and_then(|body| Ok(MintRequest::try_from(body)?));
+    issue(&req, &state, parsed)
+        .await
+        .respond(render_minted, ApiError::canonical_response)
+}
+
+fn render_minted(minted: &MintedToken) -> HttpResponse {
+    let claims = &minted.claims;
+    HttpResponse::Ok().json(MintResponse {
+        token: &minted.token,
+        token_type: &claims.token_type,
+        jti: claims.jti.to_string(),
+        expires_in_seconds: claims.exp - claims.iat,
+        expires_at: minted
+            .expires_at()
+            .to_rfc3339_opts(SecondsFormat::Secs, true),
+        max_session_duration_seconds: claims.max_session_duration_seconds,
+        uses: claims.uses,
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    token: Option<String>,
+}
+
+impl TokenBody {
+    fn into_token(self) -> Result<String, ApiError> {
+        let token = self
+            .token
+            .ok_or_else(|| ApiError::InvalidRequest("token is required".into()))?;
+        // Characters, as the schema's maxLength counts; our tokens are ASCII either way.
+        if token.chars().count() > MAX_TOKEN_BYTES {
+            return Err(ApiError::InvalidRequest(format!(
+                "token is longer than {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
+        Ok(token)
+    }
+}
+
+#[derive(Serialize)]
+struct RedeemResponse<'a> {
+    org: &'a str,
+    token_type: &'a str,
+    jti: String,
+    ctx: &'a BTreeMap<String, String>,
+    max_session_duration_seconds: u32,
+    session_expires_at: String,
+    uses_remaining: u32,
+}
+
+pub async fn redeem(
+    req: HttpRequest,
+    payload: web::Payload,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Redeem)?;
+    let token = read_json::<TokenBody>(&req, payload).await?.into_token()?;
+    let redemption = state.redeemer.redeem(&token).await?;
+    let claims = &redemption.claims;
+    Ok(HttpResponse::Ok().json(RedeemResponse {
+        org: &claims.org,
+        token_type: &claims.token_type,
+        jti: claims.jti.to_string(),
+        ctx: &claims.ctx,
+        max_session_duration_seconds: claims.max_session_duration_seconds,
+        session_expires_at: redemption
+            .session_expires_at
+            .to_rfc3339_opts(SecondsFormat::Secs, true),
+        uses_remaining: redemption.uses_remaining,
+    }))
+}
+
+#[derive(Serialize)]
+struct IntrospectResponse {
+    active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claims: Option<Claims>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uses_remaining: Option<u32>,
+}
+
+pub async fn introspect(
+    req: HttpRequest,
+    payload: web::Payload,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Redeem)?;
+    let token = read_json::<TokenBody>(&req, payload).await?.into_token()?;
+    let found = state.redeemer.introspect(&token).await?;
+    Ok(HttpResponse::Ok().json(IntrospectResponse {
+        active: found.active,
+        reason: found.reason.map(|r| r.as_str()),
+        claims: found.claims,
+        uses_remaining: found.uses_remaining,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<MintRequest, String> {
+        let body: MintBody = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        MintRequest::try_from(body).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn an_empty_object_mints_with_every_default() {
+        let request = parse("{}").unwrap();
+        assert_eq!(request.expires_in.get(), 60);
+        assert_eq!(request.session.get(), 3600);
+        assert_eq!(request.uses.get(), 1);
+        assert_eq!(request.token_type.as_str(), "realtime");
+    }
+
+    #[test]
+    fn integral_json_numbers_are_integers_as_in_json_schema() {
+        for (value, expected) in [("60.0", 60), ("1e3", 1000), ("6E1", 60)] {
+            let request = parse(&format!(r#"{{"expires_in_seconds":{value}}}"#)).unwrap();
+            assert_eq!(request.expires_in.get(), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn non_integer_seconds_are_refused_with_the_fields_rule() {
+        for value in [
+            "0",
+            "-1",
+            "1.5",
+            "1e4",
+            "3601",
+            "99999999999999999999",
+            "1e300",
+        ] {
+            let err = parse(&format!(r#"{{"expires_in_seconds":{value}}}"#)).unwrap_err();
+            assert_eq!(
+                err, "expires_in_seconds must be an integer between 1 and 3600",
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused() {
+        assert!(parse(r#"{"expires_in":60}"#)
+            .unwrap_err()
+            .contains("unknown field"));
+    }
+}

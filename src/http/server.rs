@@ -1,0 +1,92 @@
+//! Builds the application from settings and wires the HTTP server: middleware, routes,
+//! workers, graceful shutdown.
+
+use std::net::{SocketAddr, TcpListener};
+
+use actix_web::dev::Server;
+use actix_web::middleware::Condition;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+
+use crate::http::state::AppState;
+use crate::http::{access_log, middleware, routes};
+use crate::settings::{CompatFamilies, Settings};
+
+/// How long a graceful shutdown waits for in-flight requests before dropping them.
+pub const SHUTDOWN_DEADLINE_SECONDS: u64 = 10;
+
+/// Stops accepting, tells open stream sessions to close with 1001, and waits for in-flight
+/// requests (up to the shutdown deadline).
+pub async fn stop_gracefully(state: &AppState, server: &actix_web::dev::ServerHandle) {
+    state.shutdown.send_replace(true);
+    server.stop(true).await;
+}
+
+pub struct Application {
+    address: SocketAddr,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let state = web::Data::new(AppState::from_settings(&settings)?);
+        let listener = TcpListener::bind(settings.bind)
+            .with_context(|| format!("binding STREAMTOKEN_BIND={}", settings.bind))?;
+        let address = listener.local_addr()?;
+        let server = run(listener, state.clone(), settings.workers, settings.compat)?;
+        Ok(Application {
+            address,
+            server,
+            state,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+pub fn run(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    workers: usize,
+    compat_families: CompatFamilies,
+) -> std::io::Result<Server> {
+    // Formatting an access line costs even when the level discards it: attach the logger
+    // only when its target is enabled (RUST_LOG).
+    let access_log_enabled = log::log_enabled!(target: "streamtoken::access", log::Level::Info);
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(actix_web::middleware::from_fn(middleware::time_requests))
+            .wrap(Condition::new(access_log_enabled, access_log::logger()))
+            .wrap(middleware::no_store())
+            .app_data(state.clone())
+            .app_data(state.redeemer.clone())
+            .configure(|cfg| routes::configure(cfg, compat_families))
+            .default_service(web::to(routes::not_found))
+    })
+    .workers(workers)
+    // Signals are handled by `serve`, which closes stream sessions before stopping the server.
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_DEADLINE_SECONDS)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

@@ -1,0 +1,51 @@
+//! What every worker shares: the keyring, the shared store, the minting and redemption cores,
+//! the rate limiter and the metrics. Built once from settings.
+
+use std::sync::Arc;
+
+use actix_web::web;
+
+use crate::admission::redeem::Redeemer;
+use crate::keys::keyring::KeyringHandle;
+use crate::metrics::Metrics;
+use crate::settings::{DemoMode, Settings, StreamSettings};
+use crate::store::SharedStore;
+use crate::tenancy::rate_limit::RateLimiter;
+use crate::token::mint::Minter;
+
+/// Shared by every worker; cheap to clone behind `web::Data`.
+pub struct AppState {
+    pub keyring: Arc<KeyringHandle>,
+    /// Usage counters and health; redemption reaches it through `redeemer`.
+    pub store: Arc<dyn SharedStore>,
+    pub minter: Minter,
+    /// Also registered on its own, so the `Redeemed` extractor finds it.
+    pub redeemer: web::Data<Redeemer>,
+    pub rate_limiter: RateLimiter,
+    pub stream: StreamSettings,
+    pub demo: DemoMode,
+    pub metrics: Arc<Metrics>,
+    /// Flips to `true` when the server begins a graceful shutdown; open sessions close with 1001.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl AppState {
+    /// Loads the keyring and opens the store the settings ask for, through the same builder an
+    /// embedding gateway uses. Needs a Tokio runtime.
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let redeemer = Redeemer::from_settings(settings)?.with_metrics(metrics.clone());
+        let keyring = redeemer.keyring().clone();
+        Ok(AppState {
+            store: redeemer.store().clone(),
+            minter: Minter::new(keyring.clone(), settings.token.clone()),
+            redeemer: web::Data::new(redeemer),
+            metrics,
+            rate_limiter: RateLimiter::new(settings.rate_limit),
+            stream: settings.stream,
+            demo: settings.demo,
+            shutdown: tokio::sync::watch::Sender::new(false),
+            keyring,
+        })
+    }
+}

@@ -1,0 +1,301 @@
+//! In-process replay store: exactly once within one process, no dependencies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use uuid::Uuid;
+
+use super::{Consumed, ReplayStore, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf};
+
+/// How often expired entries are dropped. Memory is bounded by tokens alive in the last interval.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy)]
+struct Uses {
+    recorded: u32,
+    expires_at: i64,
+}
+
+/// Sharded map from `jti` to its recorded uses. Each shard's lock makes check-and-record atomic.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    entries: DashMap<Uuid, Uses>,
+    usage: DashMap<String, Usage>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Entries currently held (live consumed tokens plus those not yet swept).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Drops every entry whose token expired before `now` (unix seconds).
+    pub fn sweep_expired(&self, now: i64) {
+        self.entries.retain(|_, uses| uses.expires_at >= now);
+    }
+
+    fn record_use(&self, jti: Uuid, allowed_uses: u32, expires_at: i64) -> Consumed {
+        match self.entries.entry(jti) {
+            Entry::Vacant(slot) => {
+                slot.insert(Uses {
+                    recorded: 1,
+                    expires_at,
+                });
+                Consumed::Accepted {
+                    uses_remaining: allowed_uses.saturating_sub(1),
+                }
+            }
+            Entry::Occupied(mut slot) => {
+                let uses = slot.get_mut();
+                if uses.recorded >= allowed_uses {
+                    Consumed::AlreadyUsed
+                } else {
+                    uses.recorded += 1;
+                    Consumed::Accepted {
+                        uses_remaining: allowed_uses - uses.recorded,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sweeps on an interval for as long as the store is referenced elsewhere.
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(store) = store.upgrade() else { break };
+                store.sweep_expired(chrono::Utc::now().timestamp());
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl ReplayStore for MemoryStore {
+    async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable> {
+        // The org's entry lock is held across the credit check and the use, so concurrent
+        // redemptions can neither overspend nor see a use that is about to be taken back.
+        let mut usage = self.usage.entry(use_of.org.to_owned()).or_default();
+        if use_of
+            .credit_limit
+            .is_some_and(|limit| usage.redeemed >= limit)
+        {
+            let used_up = self
+                .entries
+                .get(&use_of.jti)
+                .is_some_and(|uses| uses.recorded >= use_of.allowed_uses);
+            return Ok(if used_up {
+                Consumed::AlreadyUsed
+            } else {
+                Consumed::NoCredits
+            });
+        }
+        let consumed = self.record_use(use_of.jti, use_of.allowed_uses, use_of.expires_at);
+        if consumed != Consumed::AlreadyUsed {
+            usage.redeemed += 1;
+        }
+        Ok(consumed)
+    }
+
+    async fn uses_recorded(&self, jti: Uuid, allowed_uses: u32) -> Result<u32, StoreUnavailable> {
+        Ok(self
+            .entries
+            .get(&jti)
+            .map_or(0, |uses| uses.recorded.min(allowed_uses)))
+    }
+}
+
+#[async_trait]
+impl UsageStore for MemoryStore {
+    fn record_minted(&self, org: &str) {
+        self.usage.entry(org.to_owned()).or_default().minted += 1;
+    }
+
+    async fn usage(&self, org: &str) -> Result<Usage, StoreUnavailable> {
+        Ok(self.usage.get(org).map_or_else(Usage::default, |u| *u))
+    }
+}
+
+#[async_trait]
+impl SharedStore for MemoryStore {
+    async fn ping(&self) -> Result<(), StoreUnavailable> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    fn use_of(jti: Uuid, allowed_uses: u32, expires_at: i64) -> UseOf<'static> {
+        UseOf {
+            jti,
+            org: "acme",
+            allowed_uses,
+            expires_at,
+            credit_limit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_single_use_token_is_accepted_once() {
+        let store = MemoryStore::new();
+        let jti = Uuid::new_v4();
+        let first = store
+            .consume_once(use_of(jti, 1, now() + 60))
+            .await
+            .unwrap();
+        assert_eq!(first, Consumed::Accepted { uses_remaining: 0 });
+        let second = store
+            .consume_once(use_of(jti, 1, now() + 60))
+            .await
+            .unwrap();
+        assert_eq!(second, Consumed::AlreadyUsed);
+        assert_eq!(store.uses_recorded(jti, 1).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_three_use_token_counts_down_then_refuses() {
+        let store = MemoryStore::new();
+        let jti = Uuid::new_v4();
+        let mut outcomes = Vec::new();
+        for _ in 0..4 {
+            outcomes.push(
+                store
+                    .consume_once(use_of(jti, 3, now() + 60))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            outcomes,
+            [
+                Consumed::Accepted { uses_remaining: 2 },
+                Consumed::Accepted { uses_remaining: 1 },
+                Consumed::Accepted { uses_remaining: 0 },
+                Consumed::AlreadyUsed
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_consumers_of_one_token_get_exactly_one_acceptance() {
+        let store = Arc::new(MemoryStore::new());
+        let jti = Uuid::new_v4();
+        let tasks: Vec<_> = (0..1000)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.consume_once(use_of(jti, 1, now() + 60)).await })
+            })
+            .collect();
+        let mut accepted = 0;
+        for task in tasks {
+            if let Consumed::Accepted { .. } = task.await.unwrap().unwrap() {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 1);
+    }
+
+    #[tokio::test]
+    async fn after_100_000_redeemed_tokens_expire_the_store_is_empty_again() {
+        let store = MemoryStore::new();
+        let expires_at = now() + 30;
+        for _ in 0..100_000 {
+            store
+                .consume_once(use_of(Uuid::new_v4(), 1, expires_at))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.len(), 100_000);
+        store.sweep_expired(expires_at);
+        assert_eq!(
+            store.len(),
+            100_000,
+            "entries still inside their window stay"
+        );
+        store.sweep_expired(expires_at + 1);
+        assert_eq!(store.len(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn credits_are_spent_by_redemptions_and_never_overspent_under_concurrency() {
+        let store = Arc::new(MemoryStore::new());
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut use_of = use_of(Uuid::new_v4(), 1, now() + 60);
+                    use_of.credit_limit = Some(50);
+                    store.consume_once(use_of).await.unwrap()
+                })
+            })
+            .collect();
+        let mut accepted = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Consumed::Accepted { .. } => accepted += 1,
+                other => assert_eq!(other, Consumed::NoCredits),
+            }
+        }
+        assert_eq!(accepted, 50);
+        assert_eq!(store.usage("acme").await.unwrap().redeemed, 50);
+        assert_eq!(
+            store.len(),
+            50,
+            "refused redemptions leave no consumed jti behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_refused_for_credit_can_be_redeemed_once_credit_exists() {
+        let store = MemoryStore::new();
+        let jti = Uuid::new_v4();
+        let mut first = use_of(jti, 1, now() + 60);
+        first.credit_limit = Some(0);
+        assert_eq!(
+            store.consume_once(first).await.unwrap(),
+            Consumed::NoCredits
+        );
+        first.credit_limit = Some(1);
+        assert_eq!(
+            store.consume_once(first).await.unwrap(),
+            Consumed::Accepted { uses_remaining: 0 }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_runs_by_itself() {
+        let store = Arc::new(MemoryStore::new());
+        store
+            .consume_once(use_of(Uuid::new_v4(), 1, now() - 1))
+            .await
+            .unwrap();
+        store.spawn_sweeper(Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(store.len(), 0);
+    }
+}

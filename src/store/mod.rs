@@ -1,0 +1,107 @@
+//! The shared-state layer: everything processes must agree on, behind traits with two backends —
+//! memory (one process, the embedded default) and Redis (a fleet).
+//!
+//! - `ReplayStore`: consumed uses, the set of `jti` values that makes a token single use (and
+//!   the credit charged with each use, in the same atomic step);
+//! - `UsageStore`: each org's minted and redeemed counters;
+//! - `SharedStore`: both, plus health.
+//!
+//! A consumed entry expires when its token could no longer verify anyway (`exp` + leeway), so the
+//! store holds no more than the tokens still alive. Both backends record a use in one atomic step
+//! (never read-then-write), so concurrent redemptions of one token cannot both succeed.
+
+mod memory;
+mod redis_store;
+
+pub use memory::MemoryStore;
+pub use redis_store::{Persistence, RedisStore};
+
+/// Opens the store the settings ask for: Redis when a URL is set, else the memory store with
+/// its sweeper. Needs a Tokio runtime.
+pub fn open(
+    settings: &crate::settings::Settings,
+) -> anyhow::Result<std::sync::Arc<dyn SharedStore>> {
+    Ok(match &settings.redis {
+        Some(redis) => {
+            let store = std::sync::Arc::new(RedisStore::connect_lazily(redis)?);
+            let checking = store.clone();
+            tokio::spawn(async move { checking.warn_about_persistence().await });
+            store
+        }
+        None => {
+            let memory = std::sync::Arc::new(MemoryStore::new());
+            memory.spawn_sweeper(memory::SWEEP_INTERVAL);
+            memory
+        }
+    })
+}
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+/// One redemption to record: a use of `jti`, charged to `org`.
+#[derive(Debug, Clone, Copy)]
+pub struct UseOf<'a> {
+    pub jti: Uuid,
+    pub org: &'a str,
+    pub allowed_uses: u32,
+    /// Unix seconds after which the token cannot verify, so the entry may go.
+    pub expires_at: i64,
+    /// The org's credit allowance (total redemptions it may make); `None` = unlimited.
+    pub credit_limit: Option<u64>,
+}
+
+/// Result of trying to record one use of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumed {
+    /// The use was recorded (and charged); this many remain.
+    Accepted { uses_remaining: u32 },
+    /// Every allowed use was already taken.
+    AlreadyUsed,
+    /// The org has no credit left; the token was not consumed and nothing was charged.
+    NoCredits,
+}
+
+/// An org's counters, shared by every process on the same store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub minted: u64,
+    /// Successful redemptions; with a credit allowance, each one spent a credit.
+    pub redeemed: u64,
+}
+
+/// The store could not answer. Callers must fail closed: no answer is never a "yes".
+#[derive(Debug, thiserror::Error)]
+#[error("replay store unavailable: {0}")]
+pub struct StoreUnavailable(pub String);
+
+/// Consumed uses: what makes a token single use across every process sharing the store.
+#[async_trait]
+pub trait ReplayStore: Send + Sync + 'static {
+    /// Atomically records one use of the token and counts the redemption for its org. With a
+    /// credit limit, a redemption that would exceed it records nothing and returns `NoCredits`.
+    async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable>;
+
+    /// How many uses of `jti` have been recorded (at most `allowed_uses`), without recording one.
+    async fn uses_recorded(&self, jti: Uuid, allowed_uses: u32) -> Result<u32, StoreUnavailable>;
+}
+
+/// Each org's counters.
+#[async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    /// Counts a minted token. Best effort and never awaited by minting, which must not depend on
+    /// the store: a lost increment only makes `/v1/usage` low.
+    fn record_minted(&self, org: &str);
+
+    async fn usage(&self, org: &str) -> Result<Usage, StoreUnavailable>;
+}
+
+/// One backend holding all shared state.
+#[async_trait]
+pub trait SharedStore: ReplayStore + UsageStore {
+    /// Whether the store answers; drives `/readyz`.
+    async fn ping(&self) -> Result<(), StoreUnavailable>;
+
+    /// Short name for logs and health output.
+    fn backend(&self) -> &'static str;
+}

@@ -1,0 +1,95 @@
+//! The claims a token carries, how a token is signed, and the stable names of every reason a
+//! token can be refused.
+//!
+//! Header `{"alg":"HS256","typ":"JWT","kid":…}`; the claims are below. Verification lives in
+//! `verify`; single use is decided by admission, not here.
+
+use std::collections::BTreeMap;
+
+use jsonwebtoken::{Algorithm, Header};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::keys::keyring::SigningKey;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// Organisation of the minting API key; usage is attributed to it.
+    pub org: String,
+    pub token_type: String,
+    /// The unit of single use.
+    pub jti: Uuid,
+    pub iat: i64,
+    /// Redemption deadline: the session must be opened before it.
+    pub exp: i64,
+    /// How long the session may last, counted from redemption.
+    pub max_session_duration_seconds: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ctx: BTreeMap<String, String>,
+    /// Redemptions allowed; omitted on the wire when 1 (the default, single use).
+    #[serde(default = "single_use", skip_serializing_if = "is_single_use")]
+    pub uses: u32,
+}
+
+fn single_use() -> u32 {
+    1
+}
+
+fn is_single_use(uses: &u32) -> bool {
+    *uses == 1
+}
+
+/// Why a token was refused. The names are stable: they appear in API responses and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    Malformed,
+    AlgorithmNotAllowed,
+    UnknownKid,
+    BadSignature,
+    Expired,
+    WrongIssuer,
+    WrongAudience,
+    /// `exp` lies further ahead than any token this service mints could.
+    ExcessiveLifetime,
+    AlreadyUsed,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "malformed",
+            RejectReason::AlgorithmNotAllowed => "algorithm_not_allowed",
+            RejectReason::UnknownKid => "unknown_kid",
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::Expired => "expired",
+            RejectReason::WrongIssuer => "wrong_issuer",
+            RejectReason::WrongAudience => "wrong_audience",
+            RejectReason::ExcessiveLifetime => "excessive_lifetime",
+            RejectReason::AlreadyUsed => "already_used",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "the token is not a well-formed streamtoken JWT",
+            RejectReason::AlgorithmNotAllowed => "the token is not signed with HS256",
+            RejectReason::UnknownKid => "the token's signing key (kid) is not in the keyring",
+            RejectReason::BadSignature => "the token's signature does not verify",
+            RejectReason::Expired => "the token's redemption window has passed",
+            RejectReason::WrongIssuer => "the token was issued by another issuer",
+            RejectReason::WrongAudience => "the token is meant for another audience",
+            RejectReason::ExcessiveLifetime => {
+                "the token's redemption window is longer than any this service issues"
+            }
+            RejectReason::AlreadyUsed => "the token has already been used",
+        }
+    }
+}
+
+pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(key.kid().to_owned());
+    jsonwebtoken::encode(&header, claims, key.encoding())
+}
