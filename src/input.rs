@@ -56,6 +56,12 @@ pub fn integer_from_json(number: &serde_json::Number) -> Option<i128> {
         })
 }
 
+/// Whether `value` is 1 to `max_len` bytes, each allowed by `allowed`: the shape of every name
+/// that ends up in a token, a file name or a label (org, token type, key id).
+pub fn is_name(value: &str, max_len: usize, allowed: impl Fn(u8) -> bool) -> bool {
+    !value.is_empty() && value.len() <= max_len && value.bytes().all(allowed)
+}
+
 /// An inclusive integer range under the name a client knows it by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {

@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use jsonwebtoken::{DecodingKey, EncodingKey};
 
+use crate::input::is_name;
 use crate::tenancy::api_keys::{ApiKeys, ApiKeysFile};
 
 pub const SIGNING_DIR: &str = "signing";
@@ -68,12 +69,11 @@ impl fmt::Debug for SigningKey {
     }
 }
 
+/// 1–64 characters of `A-Z a-z 0-9 - _`: a kid names a file, so it can never walk the filesystem.
 pub fn is_valid_kid(kid: &str) -> bool {
-    !kid.is_empty()
-        && kid.len() <= MAX_KID_LEN
-        && kid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    is_name(kid, MAX_KID_LEN, |b| {
+        b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+    })
 }
 
 /// Everything the service needs to sign, verify and authenticate, as one immutable snapshot.

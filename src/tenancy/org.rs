@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::input::InvalidParam;
+use crate::input::{is_name, InvalidParam};
 
 /// The org `keys init` creates its dev key for.
 pub const DEV_ORG: &str = "dev";
@@ -20,12 +20,8 @@ impl Org {
     pub const MAX_LEN: usize = 64;
 
     pub fn parse(value: &str) -> Result<Self, InvalidParam> {
-        let ok = !value.is_empty()
-            && value.len() <= Self::MAX_LEN
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if ok {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+        if is_name(value, Self::MAX_LEN, allowed) {
             Ok(Org(value.to_owned()))
         } else {
             Err(InvalidParam::new(

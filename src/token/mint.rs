@@ -28,6 +28,11 @@ pub struct MintedToken {
 }
 
 impl MintedToken {
+    /// Seconds from issue to the redemption deadline, as the minting routes report it.
+    pub fn lifetime_seconds(&self) -> i64 {
+        self.claims.exp - self.claims.iat
+    }
+
     pub fn expires_at(&self) -> DateTime<Utc> {
         DateTime::from_timestamp(self.claims.exp, 0).unwrap_or_default()
     }

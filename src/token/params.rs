@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::input::{Bounds, InvalidParam, Within};
+use crate::input::{is_name, Bounds, InvalidParam, Within};
 
 macro_rules! bounded {
     ($(#[$doc:meta])* $name:ident, $field:literal, $min:expr, $max:expr, $default:expr) => {
@@ -83,12 +83,8 @@ impl TokenType {
     pub const MAX_LEN: usize = 64;
 
     pub fn parse(value: &str) -> Result<Self, InvalidParam> {
-        let ok = !value.is_empty()
-            && value.len() <= Self::MAX_LEN
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if ok {
+        let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+        if is_name(value, Self::MAX_LEN, allowed) {
             Ok(TokenType(value.to_owned()))
         } else {
             Err(InvalidParam::new(

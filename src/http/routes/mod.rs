@@ -38,13 +38,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, compat_families: CompatFamilies) 
     compat::configure(cfg, compat_families);
 }
 
+/// How a surface renders an error in its own envelope.
+type Render = fn(&ApiError) -> HttpResponse;
+/// The methods a resource serves, each with its handler.
+type Methods = Vec<(Method, Route)>;
+
 /// A resource serving `routes`, whose wrong-method answer is a 405 in the surface's own
 /// envelope with the `Allow` header RFC 9110 asks for (not actix's empty 405).
-fn endpoint(
-    path: &str,
-    render: fn(&ApiError) -> HttpResponse,
-    routes: Vec<(Method, Route)>,
-) -> Resource {
+fn endpoint(path: &str, render: Render, routes: Methods) -> Resource {
     let allow = routes
         .iter()
         .map(|(method, _)| method.as_str())

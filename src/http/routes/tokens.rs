@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use chrono::SecondsFormat;
+use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
@@ -100,7 +102,7 @@ fn render_minted(minted: &MintedToken) -> HttpResponse {
         token: &minted.token,
         token_type: &claims.token_type,
         jti: claims.jti.to_string(),
-        expires_in_seconds: claims.exp - claims.iat,
+        expires_in_seconds: minted.lifetime_seconds(),
         expires_at: minted
             .expires_at()
             .to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -130,6 +132,27 @@ impl TokenBody {
     }
 }
 
+/// What redeem and introspect both take: the body's token, from a caller whose key holds the
+/// `redeem` scope (checked in that order: key, scope, body).
+pub(super) struct TokenToCheck(String);
+
+impl FromRequest for TokenToCheck {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        let caller = Caller::from_request(&req, payload).into_inner();
+        let payload = web::Payload::from_request(&req, payload).into_inner();
+        Box::pin(async move {
+            caller?.require(Scope::Redeem)?;
+            let payload = payload.map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+            let body = read_json::<TokenBody>(&req, payload).await?;
+            Ok(TokenToCheck(body.into_token()?))
+        })
+    }
+}
+
 #[derive(Serialize)]
 struct RedeemResponse<'a> {
     org: &'a str,
@@ -142,13 +165,9 @@ struct RedeemResponse<'a> {
 }
 
 pub async fn redeem(
-    req: HttpRequest,
-    payload: web::Payload,
-    caller: Caller,
+    TokenToCheck(token): TokenToCheck,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(Scope::Redeem)?;
-    let token = read_json::<TokenBody>(&req, payload).await?.into_token()?;
     let redemption = state.redeemer.redeem(&token).await?;
     let claims = &redemption.claims;
     Ok(HttpResponse::Ok().json(RedeemResponse {
@@ -176,13 +195,9 @@ struct IntrospectResponse {
 }
 
 pub async fn introspect(
-    req: HttpRequest,
-    payload: web::Payload,
-    caller: Caller,
+    TokenToCheck(token): TokenToCheck,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(Scope::Redeem)?;
-    let token = read_json::<TokenBody>(&req, payload).await?.into_token()?;
     let found = state.redeemer.introspect(&token).await?;
     Ok(HttpResponse::Ok().json(IntrospectResponse {
         active: found.active,

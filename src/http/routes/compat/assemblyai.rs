@@ -49,7 +49,7 @@ struct TokenBody<'a> {
 fn render_token(minted: &MintedToken) -> HttpResponse {
     HttpResponse::Ok().json(TokenBody {
         token: &minted.token,
-        expires_in_seconds: minted.claims.exp - minted.claims.iat,
+        expires_in_seconds: minted.lifetime_seconds(),
     })
 }
 

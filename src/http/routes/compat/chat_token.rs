@@ -62,19 +62,8 @@ async fn parse(req: &HttpRequest, payload: web::Payload) -> Result<MintRequest, 
     })
 }
 
-#[derive(Serialize)]
-struct TokenBody<'a> {
-    success: bool,
-    token: &'a str,
-    expires_in: i64,
-}
-
 fn render_token(minted: &MintedToken) -> HttpResponse {
-    HttpResponse::Ok().json(TokenBody {
-        success: true,
-        token: &minted.token,
-        expires_in: minted.claims.exp - minted.claims.iat,
-    })
+    super::render_success(minted, super::Lifetime::ExpiresIn)
 }
 
 #[derive(Serialize)]

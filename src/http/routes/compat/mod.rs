@@ -8,44 +8,66 @@ mod elevenlabs;
 mod stream_token;
 
 use actix_web::http::Method;
-use actix_web::web;
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
 
-use super::endpoint;
+use super::{endpoint, Methods, Render};
 use crate::settings::CompatFamilies;
+use crate::token::mint::MintedToken;
 
 pub fn configure(cfg: &mut web::ServiceConfig, families: CompatFamilies) {
+    let mut served: Vec<(&str, Render, Methods)> = Vec::new();
     if families.assemblyai {
-        cfg.service(endpoint(
-            "/v3/token",
-            assemblyai::render_error,
-            vec![(Method::GET, web::to(assemblyai::token))],
-        ));
+        let get = (Method::GET, web::to(assemblyai::token));
+        served.push(("/v3/token", assemblyai::render_error, vec![get]));
     }
     if families.elevenlabs {
-        cfg.service(endpoint(
+        let post = (Method::POST, web::to(elevenlabs::token));
+        served.push((
             "/v1/single-use-token/{token_type}",
             elevenlabs::render_error,
-            vec![(Method::POST, web::to(elevenlabs::token))],
+            vec![post],
         ));
     }
     if families.stream {
-        cfg.service(endpoint(
-            "/api/v1/token",
-            stream_token::render_error,
-            vec![(Method::GET, web::to(stream_token::token))],
-        ));
+        let get = (Method::GET, web::to(stream_token::token));
+        served.push(("/api/v1/token", stream_token::render_error, vec![get]));
     }
     if families.chat {
         // The page's Node example calls `/api/api/v1/chat/token`; serve it so that code works too.
         for path in ["/api/v1/chat/token", "/api/api/v1/chat/token"] {
-            cfg.service(endpoint(
-                path,
-                chat_token::render_error,
-                vec![
-                    (Method::GET, web::to(chat_token::token)),
-                    (Method::POST, web::to(chat_token::token)),
-                ],
-            ));
+            let get = (Method::GET, web::to(chat_token::token));
+            let post = (Method::POST, web::to(chat_token::token));
+            served.push((path, chat_token::render_error, vec![get, post]));
         }
     }
+    for (path, render, routes) in served {
+        cfg.service(endpoint(path, render, routes));
+    }
+}
+
+#[derive(Serialize)]
+enum Lifetime {
+    #[serde(rename = "ttl")]
+    Ttl(i64),
+    #[serde(rename = "expires_in")]
+    ExpiresIn(i64),
+}
+
+/// The success body the stream and chat pages share, `{success: true, token, <lifetime>}`; they
+/// differ only in the lifetime field's name.
+#[derive(Serialize)]
+struct Success<'a> {
+    success: bool,
+    token: &'a str,
+    #[serde(flatten)]
+    lifetime: Lifetime,
+}
+
+fn render_success(minted: &MintedToken, lifetime: fn(i64) -> Lifetime) -> HttpResponse {
+    HttpResponse::Ok().json(Success {
+        success: true,
+        token: &minted.token,
+        lifetime: lifetime(minted.lifetime_seconds()),
+    })
 }

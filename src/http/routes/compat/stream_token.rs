@@ -42,19 +42,8 @@ fn parse(req: &HttpRequest) -> Result<MintRequest, ApiError> {
     })
 }
 
-#[derive(Serialize)]
-struct TokenBody<'a> {
-    success: bool,
-    token: &'a str,
-    ttl: i64,
-}
-
 fn render_token(minted: &MintedToken) -> HttpResponse {
-    HttpResponse::Ok().json(TokenBody {
-        success: true,
-        token: &minted.token,
-        ttl: minted.claims.exp - minted.claims.iat,
-    })
+    super::render_success(minted, super::Lifetime::Ttl)
 }
 
 /// `{"error", "success": false, "code"?}`, fields in the page's order.
