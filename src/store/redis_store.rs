@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::FromRedisValue;
 use uuid::Uuid;
 
 use super::{Consumed, ReplayStore, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf};
@@ -34,6 +35,8 @@ return redis.call('INCR', KEYS[1])
 ";
 
 pub struct RedisStore {
+    /// Every Redis call runs here (see `IoRuntime`).
+    io: IoRuntime,
     conn: ConnectionManager,
     key_prefix: String,
     timeout: Duration,
@@ -44,8 +47,10 @@ pub struct RedisStore {
 impl RedisStore {
     /// Prepares a connection without opening it, so the service starts (and keeps minting) while
     /// Redis is down; the connection opens on first use and reopens by itself after a failure.
-    /// Must be called inside a Tokio runtime.
     pub fn connect_lazily(settings: &RedisSettings) -> anyhow::Result<Self> {
+        let io = IoRuntime::start()?;
+        // The manager spawns its helpers on the runtime it is created in.
+        let _inside = io.handle().enter();
         let client = redis::Client::open(settings.url.expose())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
@@ -54,6 +59,7 @@ impl RedisStore {
             .set_max_delay(settings.timeout);
         Ok(RedisStore {
             conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            io,
             key_prefix: settings.key_prefix.clone(),
             timeout: settings.timeout,
             require_persistence: settings.require_persistence,
@@ -63,16 +69,12 @@ impl RedisStore {
 
     /// What Redis says about its persistence (`CONFIG GET appendonly` / `appendfsync`).
     pub async fn persistence(&self) -> Result<Persistence, StoreUnavailable> {
-        let mut conn = self.conn.clone();
-        let reply: redis::RedisResult<Vec<String>> = tokio::time::timeout(
-            self.timeout,
-            redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("append*")
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| StoreUnavailable("no answer from Redis to CONFIG GET".into()))?;
+        let mut config_get = redis::cmd("CONFIG");
+        config_get.arg("GET").arg("append*");
+        let reply = self
+            .run(self.command::<Vec<String>>(config_get))
+            .await
+            .map_err(|_| StoreUnavailable("no answer from Redis to CONFIG GET".into()))?;
         match reply {
             Ok(pairs) => Ok(persistence_from_pairs(&pairs)),
             // Managed Redis often refuses CONFIG; that is an answer, not an outage.
@@ -112,22 +114,13 @@ impl RedisStore {
         redeemed: &str,
         allowed_uses: u32,
     ) -> Result<(), StoreUnavailable> {
-        let mut conn = self.conn.clone();
         let released: i64 = if allowed_uses <= 1 {
-            self.bounded(release_marked(key, marker).query_async(&mut conn))
-                .await?
+            self.query(release_marked(key, marker)).await?
         } else {
-            self.bounded(redis::cmd("DECR").arg(key).query_async::<i64>(&mut conn))
-                .await
-                .map(|_| 1)?
+            self.query::<i64>(decr(key)).await.map(|_| 1)?
         };
         if released > 0 {
-            self.bounded(
-                redis::cmd("DECR")
-                    .arg(redeemed)
-                    .query_async::<i64>(&mut conn),
-            )
-            .await?;
+            self.query::<i64>(decr(redeemed)).await?;
         }
         Ok(())
     }
@@ -141,15 +134,14 @@ impl RedisStore {
             return; // counted uses and charged credits cannot be told apart per attempt
         }
         let mut conn = self.conn.clone();
-        // Built now, so it is queued right behind the timed-out write.
         let release = release_marked(key, marker);
-        let redeemed = redeemed.to_owned();
-        tokio::spawn(async move {
+        let decr = decr(redeemed);
+        // The timed-out write was sent before its wait was abandoned, so this compare-and-delete
+        // is queued behind it.
+        self.io.handle().spawn(async move {
             let released =
                 tokio::time::timeout(RELEASE_DEADLINE, release.query_async::<i64>(&mut conn)).await;
             if let Ok(Ok(1)) = released {
-                let mut decr = redis::cmd("DECR");
-                decr.arg(&redeemed);
                 let _ = tokio::time::timeout(RELEASE_DEADLINE, decr.query_async::<i64>(&mut conn))
                     .await;
             }
@@ -187,20 +179,52 @@ impl RedisStore {
         }
     }
 
-    /// Bounds every call by the configured timeout, whatever the connection is doing: a paused or
-    /// unreachable Redis turns into a quick 503, never a pile of waiting requests.
-    async fn bounded<T>(
+    /// One command on the shared connection, as a future the I/O runtime can own.
+    fn command<T: FromRedisValue + Send + 'static>(
         &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
+        cmd: redis::Cmd,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send + 'static {
+        let mut conn = self.conn.clone();
+        async move { cmd.query_async(&mut conn).await }
+    }
+
+    /// `cmd`, bounded by the store timeout.
+    async fn query<T: FromRedisValue + Send + 'static>(
+        &self,
+        cmd: redis::Cmd,
     ) -> Result<T, StoreUnavailable> {
-        match tokio::time::timeout(self.timeout, call).await {
+        self.bounded(self.command(cmd)).await
+    }
+
+    /// Runs `call` on the I/O runtime, bounded by the configured timeout whatever the connection
+    /// is doing: a paused or unreachable Redis turns into a quick 503, never a pile of waiting
+    /// requests. A call that times out is abandoned (what it sent stays sent).
+    async fn run<T: Send + 'static>(
+        &self,
+        call: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, StoreUnavailable> {
+        let mut task = self.io.handle().spawn(call);
+        match tokio::time::timeout(self.timeout, &mut task).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreUnavailable(e.to_string())),
-            Err(_) => Err(StoreUnavailable(format!(
-                "no answer from Redis within {} ms",
-                self.timeout.as_millis()
-            ))),
+            Ok(Err(ended)) => Err(StoreUnavailable(format!("Redis call ended: {ended}"))),
+            Err(_) => {
+                task.abort();
+                Err(StoreUnavailable(format!(
+                    "no answer from Redis within {} ms",
+                    self.timeout.as_millis()
+                )))
+            }
         }
+    }
+
+    /// Like `run`, for a call that answers with a Redis result.
+    async fn bounded<T: Send + 'static>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>> + Send + 'static,
+    ) -> Result<T, StoreUnavailable> {
+        self.run(call)
+            .await?
+            .map_err(|e| StoreUnavailable(e.to_string()))
     }
 }
 
@@ -212,17 +236,18 @@ impl ReplayStore for RedisStore {
         // A single-use entry holds this attempt's marker, so a timed-out attempt can take back
         // exactly its own write (see `release_after_timeout`).
         let marker = format!("{} {}", use_of.org, Uuid::new_v4().simple());
-        let mut conn = self.conn.clone();
         if let Some(limit) = use_of.credit_limit {
             // Charge first, then record the use, refunding a replay: a concurrent redemption is
             // never told "already used" about a use that would be taken back. The price is that
             // a replay in flight may briefly hold the org's last credit (a transient 402).
+            let (mut conn, script, counter) = (
+                self.conn.clone(),
+                self.charge_credit.clone(),
+                redeemed.clone(),
+            );
             let charged: i64 = self
                 .bounded(
-                    self.charge_credit
-                        .key(&redeemed)
-                        .arg(limit)
-                        .invoke_async(&mut conn),
+                    async move { script.key(counter).arg(limit).invoke_async(&mut conn).await },
                 )
                 .await?;
             if charged < 0 {
@@ -245,7 +270,9 @@ impl ReplayStore for RedisStore {
         if use_of.credit_limit.is_none() {
             pipe.cmd("INCR").arg(&redeemed).ignore();
         }
-        let replies: Vec<redis::Value> = match self.bounded(pipe.query_async(&mut conn)).await {
+        let mut conn = self.conn.clone();
+        let sent = async move { pipe.query_async(&mut conn).await };
+        let replies: Vec<redis::Value> = match self.bounded(sent).await {
             Ok(replies) => replies,
             Err(unavailable) => {
                 self.release_after_timeout(&key, &marker, &redeemed, &use_of);
@@ -264,12 +291,7 @@ impl ReplayStore for RedisStore {
         let outcome = consumed(reply);
         if outcome == Consumed::AlreadyUsed {
             // Give back the count (or the credit) this replay took.
-            self.bounded(
-                redis::cmd("DECR")
-                    .arg(&redeemed)
-                    .query_async::<i64>(&mut conn),
-            )
-            .await?;
+            self.query::<i64>(decr(&redeemed)).await?;
             return Ok(outcome);
         }
         if let Some(persistence) = persistence.filter(|p| *p != Persistence::EveryWrite) {
@@ -286,10 +308,9 @@ impl ReplayStore for RedisStore {
     }
 
     async fn uses_recorded(&self, jti: Uuid, allowed_uses: u32) -> Result<u32, StoreUnavailable> {
-        let mut conn = self.conn.clone();
-        let value: Option<String> = self
-            .bounded(redis::cmd("GET").arg(self.key(jti)).query_async(&mut conn))
-            .await?;
+        let mut get = redis::cmd("GET");
+        get.arg(self.key(jti));
+        let value: Option<String> = self.query(get).await?;
         Ok(match value {
             None => 0,
             // A single-use entry holds "<org> <attempt>", a counted one its number of uses.
@@ -302,13 +323,11 @@ impl ReplayStore for RedisStore {
 #[async_trait]
 impl UsageStore for RedisStore {
     fn record_minted(&self, org: &str) {
-        let mut conn = self.conn.clone();
-        let key = self.usage_key(org, "minted");
+        let mut incr = redis::cmd("INCR");
+        incr.arg(self.usage_key(org, "minted"));
+        let incr = self.command::<i64>(incr);
         let timeout = self.timeout;
-        tokio::spawn(async move {
-            let mut incr = redis::cmd("INCR");
-            incr.arg(key);
-            let incr = incr.query_async::<i64>(&mut conn);
+        self.io.handle().spawn(async move {
             if !matches!(tokio::time::timeout(timeout, incr).await, Ok(Ok(_))) {
                 log::debug!("could not count a minted token; /v1/usage will read low");
             }
@@ -316,15 +335,10 @@ impl UsageStore for RedisStore {
     }
 
     async fn usage(&self, org: &str) -> Result<Usage, StoreUnavailable> {
-        let mut conn = self.conn.clone();
-        let (minted, redeemed): (Option<u64>, Option<u64>) = self
-            .bounded(
-                redis::cmd("MGET")
-                    .arg(self.usage_key(org, "minted"))
-                    .arg(self.usage_key(org, "redeemed"))
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let mut mget = redis::cmd("MGET");
+        mget.arg(self.usage_key(org, "minted"))
+            .arg(self.usage_key(org, "redeemed"));
+        let (minted, redeemed): (Option<u64>, Option<u64>) = self.query(mget).await?;
         Ok(Usage {
             minted: minted.unwrap_or(0),
             redeemed: redeemed.unwrap_or(0),
@@ -335,10 +349,7 @@ impl UsageStore for RedisStore {
 #[async_trait]
 impl SharedStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreUnavailable> {
-        let mut conn = self.conn.clone();
-        self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
-            .await
-            .map(drop)?;
+        self.query::<String>(redis::cmd("PING")).await.map(drop)?;
         if self.require_persistence {
             match self.persistence().await? {
                 Persistence::EveryWrite => {}
@@ -354,6 +365,44 @@ impl SharedStore for RedisStore {
 
     fn backend(&self) -> &'static str {
         "redis"
+    }
+}
+
+fn decr(key: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("DECR");
+    cmd.arg(key);
+    cmd
+}
+
+/// A runtime of the store's own for all Redis I/O. The connection's driver task lives on
+/// whichever runtime first opens (or reopens) it; on an HTTP worker it would die when that worker
+/// stops during a graceful shutdown, failing the redemptions other workers are still draining.
+struct IoRuntime(Option<tokio::runtime::Runtime>);
+
+impl IoRuntime {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("streamtoken-redis")
+            .enable_all()
+            .build()?;
+        Ok(IoRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match &self.0 {
+            Some(runtime) => runtime.handle(),
+            None => unreachable!("the runtime is only taken on drop"),
+        }
+    }
+}
+
+impl Drop for IoRuntime {
+    /// A store may be dropped inside another runtime, where a blocking shutdown is not allowed.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

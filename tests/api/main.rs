@@ -9,5 +9,6 @@ mod metrics;
 mod properties;
 mod redis;
 mod rotation;
+mod shutdown;
 mod stream;
 mod support;

@@ -1,0 +1,53 @@
+//! What a graceful shutdown must not break: actix stops each HTTP worker's runtime as soon as
+//! that worker has drained, while other workers may still be waiting on Redis for an in-flight
+//! redemption. The shared Redis connection must outlive any one worker.
+
+use std::sync::Arc;
+
+use streamtoken::store::{Consumed, RedisStore, ReplayStore, SharedStore, UseOf};
+
+use crate::support::app::redis_settings;
+use crate::support::fields::now;
+use crate::support::redis_server::RedisServer;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Before the store ran its own I/O runtime, the connection's driver lived on the runtime that
+/// first opened it; once that worker stopped, the next call from another worker failed with 503.
+#[test]
+fn a_redis_connection_first_used_by_a_worker_that_stopped_still_serves_the_others() {
+    // Arrange: "worker A" opens the connection, then stops (its runtime is dropped).
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let worker_a = runtime();
+    let store = {
+        let _inside = worker_a.enter();
+        Arc::new(RedisStore::connect_lazily(&redis_settings(&redis.url())).unwrap())
+    };
+    worker_a
+        .block_on(store.ping())
+        .expect("Redis answers worker A");
+    drop(worker_a);
+
+    // Act: "worker B", still draining, redeems.
+    let worker_b = runtime();
+    let consumed = worker_b.block_on(store.consume_once(UseOf {
+        jti: uuid::Uuid::new_v4(),
+        org: "acme",
+        allowed_uses: 1,
+        expires_at: now() + 60,
+        credit_limit: None,
+    }));
+
+    // Assert
+    assert_eq!(
+        consumed.expect("the redemption reached Redis"),
+        Consumed::Accepted { uses_remaining: 0 }
+    );
+}
