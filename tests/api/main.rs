@@ -1,3 +1,4 @@
+mod boundaries;
 mod canonical;
 mod catalogue;
 mod cli;

@@ -1,0 +1,242 @@
+//! Exact boundaries that deliberate bugs once slipped past every other test: the verifier's own
+//! 8 KiB cap (which `/v1/stream` and the embeddable extractor rely on), the exact lifetime of a
+//! replay entry against the last second its token verifies, and the demo's absence.
+
+use std::sync::Arc;
+
+use actix_web::{test as actix_test, web, App, HttpResponse};
+use futures::StreamExt;
+use jsonwebtoken::{Algorithm, Header};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use streamtoken::gateway::{Redeemed, Redeemer};
+use streamtoken::settings::{DemoMode, TokenSettings};
+use streamtoken::store::{MemoryStore, SharedStore};
+use streamtoken::token::mint::MintRequest;
+use streamtoken::token::verify::MAX_TOKEN_BYTES;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::support::app::{spawn_app, spawn_app_with, spawn_app_with_redis, Options, TestApp};
+use crate::support::fields::now;
+use crate::support::redis_server::{RedisReply, RedisServer};
+
+/// A token signed with the app's active key whose length is exactly `len` bytes: valid claims
+/// plus an unknown `pad` claim (and header field), which verification ignores. Only the size can
+/// refuse it.
+fn signed_token_of_length(app: &TestApp, len: usize) -> String {
+    let keyring = app.keyring().snapshot();
+    let key = keyring.active();
+    let issued = now();
+    let sign = |claim_pad: usize, header_pad: usize| {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(key.kid().to_owned());
+        header.cty = (header_pad > 0).then(|| "x".repeat(header_pad));
+        let claims = json!({
+            "iss": "streamtoken", "aud": "streamtoken-gateway", "org": "dev",
+            "token_type": "realtime", "jti": Uuid::new_v4(), "iat": issued, "exp": issued + 60,
+            "max_session_duration_seconds": 60, "pad": "x".repeat(claim_pad),
+        });
+        jsonwebtoken::encode(&header, &claims, key.encoding()).unwrap()
+    };
+    // Unpadded base64 never has a length of 4k + 1, so one segment alone cannot reach every
+    // total; padding the header too can.
+    for header_pad in 0..4 {
+        let estimate = len.saturating_sub(sign(0, header_pad).len()) * 3 / 4;
+        for claim_pad in estimate.saturating_sub(4)..estimate + 4 {
+            let token = sign(claim_pad, header_pad);
+            if token.len() == len {
+                return token;
+            }
+        }
+    }
+    panic!("no signed token of exactly {len} bytes");
+}
+
+/// The first text frame and the close code of a `/v1/stream` session opened with `token`.
+async fn stream_verdict(app: &TestApp, token: &str) -> (Value, Option<u16>) {
+    let url = app.ws_url(&format!("/v1/stream?token={token}"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut first = Value::Null;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match frame.unwrap() {
+            Message::Text(text) if first.is_null() => {
+                first = serde_json::from_str(&text).unwrap();
+                if first["type"] == "session_begins" {
+                    return (first, None);
+                }
+            }
+            Message::Close(close) => return (first, close.map(|c| u16::from(c.code))),
+            _ => {}
+        }
+    }
+    panic!("no verdict within 10 s; first frame {first}");
+}
+
+#[tokio::test]
+async fn the_stream_opens_with_a_signed_token_of_8_kib_and_refuses_one_byte_more() {
+    // Arrange
+    let app = spawn_app().await;
+    let at_cap = signed_token_of_length(&app, MAX_TOKEN_BYTES);
+    let over_cap = signed_token_of_length(&app, MAX_TOKEN_BYTES + 1);
+    assert_eq!((at_cap.len(), over_cap.len()), (8192, 8193));
+
+    // Act
+    let (opened, _) = stream_verdict(&app, &at_cap).await;
+    let (refused, close) = stream_verdict(&app, &over_cap).await;
+
+    // Assert
+    assert_eq!(opened["type"], "session_begins", "{opened}");
+    assert_eq!(refused["code"], "invalid_token", "{refused}");
+    assert_eq!(close, Some(4001));
+}
+
+async fn greet(grant: Redeemed) -> HttpResponse {
+    HttpResponse::Ok().body(grant.redemption.claims.org)
+}
+
+#[actix_web::test]
+async fn the_embeddable_extractor_accepts_a_signed_token_of_8_kib_and_refuses_one_byte_more() {
+    // Arrange: a gateway of our own with the app's keyring and a memory store.
+    let app = spawn_app().await;
+    let store: Arc<dyn SharedStore> = Arc::new(MemoryStore::new());
+    let redeemer = Redeemer::new(app.keyring(), &TokenSettings::default(), store);
+    let gateway = actix_test::init_service(
+        App::new()
+            .app_data(web::Data::new(redeemer))
+            .route("/stream", web::get().to(greet)),
+    )
+    .await;
+    let request = |token: &str| {
+        actix_test::TestRequest::get()
+            .uri("/stream")
+            .insert_header(("authorization", format!("Bearer {token}")))
+            .to_request()
+    };
+
+    // Act
+    let at_cap = signed_token_of_length(&app, MAX_TOKEN_BYTES);
+    let accepted = actix_test::call_service(&gateway, request(&at_cap)).await;
+    let over_cap = signed_token_of_length(&app, MAX_TOKEN_BYTES + 1);
+    let refused = actix_test::call_service(&gateway, request(&over_cap)).await;
+
+    // Assert
+    assert_eq!(accepted.status().as_u16(), 200);
+    assert_eq!(refused.status().as_u16(), 401);
+    let body: Value = actix_test::read_body_json(refused).await;
+    assert_eq!(body["error"]["code"], "invalid_token", "{body}");
+}
+
+/// A token verifies through the whole second `exp + leeway`; its entry must outlive it.
+#[tokio::test]
+async fn a_memory_replay_entry_lives_through_the_last_second_its_token_verifies_and_no_longer() {
+    // Arrange: a redeemer on a memory store we can sweep by hand.
+    let app = spawn_app().await;
+    let leeway = TokenSettings::default().leeway_seconds as i64;
+    let store = Arc::new(MemoryStore::new());
+    let redeemer = Redeemer::new(app.keyring(), &TokenSettings::default(), store.clone());
+    let issued = now();
+    let token = app.mint_at(MintRequest::default(), issued);
+    let exp = issued + i64::from(MintRequest::default().expires_in.get());
+    redeemer.redeem(&token).await.expect("first redemption");
+
+    // Act + Assert: swept as of the second after the last verifying one, the entry stays.
+    store.sweep_expired(exp + leeway + 1);
+    assert_eq!(store.len(), 1, "the entry must cover second exp + leeway");
+    let replay = redeemer.redeem(&token).await;
+    assert!(
+        matches!(
+            replay,
+            Err(streamtoken::admission::redeem::RedeemError::Rejected(
+                streamtoken::token::claims::RejectReason::AlreadyUsed
+            ))
+        ),
+        "{replay:?}"
+    );
+    // One second later it may go: the store holds no more than tokens that can still verify.
+    store.sweep_expired(exp + leeway + 2);
+    assert_eq!(store.len(), 0);
+}
+
+#[tokio::test]
+async fn a_redis_replay_entry_expires_exactly_one_second_after_the_last_second_its_token_verifies()
+{
+    // Arrange
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let app = spawn_app_with_redis(&redis.url()).await;
+    let leeway = app.settings.token.leeway_seconds as i64;
+    let issued = now();
+    let token = app.mint_at(MintRequest::default(), issued);
+    let exp = issued + i64::from(MintRequest::default().expires_in.get());
+
+    // Act
+    assert_eq!(app.redeem(&token).await.status(), StatusCode::OK);
+
+    // Assert: EXPIRETIME is the absolute unix second Redis deletes the key at.
+    let jti = app
+        .state
+        .redeemer
+        .verify(&token)
+        .expect("still verifies")
+        .jti;
+    let prefix = &app.settings.redis.as_ref().unwrap().key_prefix;
+    let key = format!("{prefix}:{jti}");
+    assert_eq!(
+        redis.command(&["EXPIRETIME", &key]),
+        RedisReply::Int(exp + leeway + 1)
+    );
+}
+
+#[tokio::test]
+async fn the_demo_answers_404_when_switched_off_even_with_the_dev_key() {
+    // Arrange
+    let app = spawn_app_with(Options {
+        demo: DemoMode::Off,
+        ..Options::default()
+    })
+    .await;
+
+    // Act
+    let page = app.get("/demo").await.status();
+    let token = app
+        .client
+        .post(app.url("/demo/token"))
+        .send()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(page, StatusCode::NOT_FOUND);
+    assert_eq!(token.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_demo_answers_404_once_the_dev_key_is_gone_from_the_keyring() {
+    // Arrange: the dev key removed from the keys file, then a reload (as SIGHUP does).
+    let app = spawn_app().await;
+    assert_eq!(app.get("/demo").await.status(), StatusCode::OK);
+    let path = app.keys_path().join("api_keys.json");
+    let mut file: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    file["api_keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|record| record["org"] != "dev");
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+    app.reload_keys();
+
+    // Act
+    let page = app.get("/demo").await.status();
+    let token = app
+        .client
+        .post(app.url("/demo/token"))
+        .send()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(page, StatusCode::NOT_FOUND);
+    assert_eq!(token.status(), StatusCode::NOT_FOUND);
+}
