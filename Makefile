@@ -1,16 +1,20 @@
 # Developer entry points; see README.md.
-.PHONY: run test lint fmt clean-keys contract-tools bench
+.PHONY: run test lint fmt clean-keys contract-tools bench soak mutants
 
 # First run creates a dev signing key + API key in $STREAMTOKEN_KEYS_DIR (default keys/) and prints the key.
 run:
 	cargo run --quiet -- keys init
 	cargo run --quiet -- serve
 
+# Ends by listing what was skipped locally (e.g. no redis-server); with CI=true nothing may skip.
 test:
+	@mkdir -p target/tmp && rm -f target/tmp/skipped-tests.txt
 	cargo test --all-targets
+	cargo test --doc
 	bash tests/smoke_make_run.sh
 	bash tests/browser/run.sh
 	bash tests/contract/run.sh
+	@bash tests/report_skips.sh
 
 lint:
 	cargo fmt --all -- --check
@@ -26,6 +30,16 @@ clean-keys:
 # Pinned schemathesis / openapi-python-client / openapi-spec-validator for the contract tests.
 contract-tools:
 	bash tests/contract/install.sh
+
+# Flake check (not part of `make test`): the integration suite N times beside a CPU-bound process.
+N ?= 10
+soak:
+	N=$(N) bash tests/soak.sh
+
+# Mutation testing (not part of `make test`) of the code that guards single use, verification,
+# tenancy and admission; survivors must be killed or explained in tests/MUTANTS.md.
+mutants:
+	bash tests/mutants.sh
 
 # Benchmarks (not part of `make test`): criterion + wrk load runs + memory footprint, one table.
 bench:

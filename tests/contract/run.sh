@@ -14,7 +14,10 @@ venv="${CONTRACT_VENV:-target/contract-venv}"
 if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-python-client" ]; then
     case "${CI:-}" in
         true|1) echo "contract tests: tools missing in $venv (run tests/contract/install.sh)" >&2; exit 1 ;;
-        *) echo "skipping contract tests: run tests/contract/install.sh to install their pinned tools"; exit 0 ;;
+        *) echo "skipping contract tests: run tests/contract/install.sh to install their pinned tools"
+           mkdir -p target/tmp
+           printf 'contract tests\tschemathesis tools not installed (tests/contract/install.sh)\n' >> target/tmp/skipped-tests.txt
+           exit 0 ;;
     esac
 fi
 
