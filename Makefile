@@ -2,9 +2,10 @@
 .PHONY: run test lint fmt clean-keys contract-tools bench soak mutants
 
 # First run creates a dev signing key + API key in $STREAMTOKEN_KEYS_DIR (default keys/) and prints the key.
+# Serves the browser demo too (loopback only; STREAMTOKEN_DEMO=off to leave it out).
 run:
 	cargo run --quiet -- keys init
-	cargo run --quiet -- serve
+	STREAMTOKEN_DEMO=$${STREAMTOKEN_DEMO:-on} cargo run --quiet -- serve
 
 # Ends by listing what was skipped locally (e.g. no redis-server); with CI=true nothing may skip.
 test:

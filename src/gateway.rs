@@ -10,18 +10,30 @@ use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
+pub use crate::admission::policy::Policy;
 pub use crate::admission::presented::{presented_token, TokenSource, BEARER_SUBPROTOCOL};
 pub use crate::admission::redeem::{Redeemer, Redemption};
 pub use crate::http::error::ApiError;
 
-/// Verifies and consumes the presented token with the `Redeemer` registered as
-/// `web::Data<Redeemer>`.
+/// Verifies and consumes the presented token under the redeemer's own policy
+/// (`Redeemer::with_policy`; every org and token type by default).
 pub async fn redeem_presented(
     req: &HttpRequest,
     redeemer: &Redeemer,
 ) -> Result<(Redemption, TokenSource), ApiError> {
     let (token, source) = presented_token(req).ok_or(ApiError::MissingToken)?;
     let redemption = redeemer.redeem(&token).await?;
+    Ok((redemption, source))
+}
+
+/// Like `redeem_presented`, under the policy of one surface (e.g. the token types a route admits).
+pub async fn redeem_presented_under(
+    req: &HttpRequest,
+    redeemer: &Redeemer,
+    policy: &Policy,
+) -> Result<(Redemption, TokenSource), ApiError> {
+    let (token, source) = presented_token(req).ok_or(ApiError::MissingToken)?;
+    let redemption = redeemer.redeem_under(&token, policy).await?;
     Ok((redemption, source))
 }
 

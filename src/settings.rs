@@ -3,6 +3,7 @@
 //! Every variable is optional and has a working default; an invalid value stops start-up with
 //! an error that names the variable.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,11 +11,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::input::integer_from_text;
+use crate::token::params::TokenType;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
     pub keys_dir: PathBuf,
+    /// Refuse signing key files others may read, instead of warning.
+    pub strict_key_files: bool,
     pub redis: Option<RedisSettings>,
     pub token: TokenSettings,
     /// actix worker threads; defaults to the number of cores.
@@ -26,13 +30,22 @@ pub struct Settings {
     pub demo: DemoMode,
 }
 
-/// The reference streaming endpoint's timers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The reference streaming endpoint's timers and what it admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSettings {
     /// A session with no frame from the client for this long is closed (4009).
     pub idle_timeout: Duration,
     /// How often the server pings an open session.
     pub heartbeat: Duration,
+    /// Token types that may open a session; another type is refused (4001, `wrong_token_type`)
+    /// without consuming a use.
+    pub token_types: BTreeSet<String>,
+    /// A frame the client does not take within this long closes the session (1008).
+    pub send_timeout: Duration,
+    /// Open sessions allowed in this process, and per org; over either the client gets 1013
+    /// and keeps its token.
+    pub max_sessions: usize,
+    pub max_sessions_per_org: usize,
 }
 
 impl StreamSettings {
@@ -42,6 +55,10 @@ impl StreamSettings {
             // Several pings per idle period, so a live client always answers in time.
             heartbeat: (idle_timeout / 3)
                 .clamp(Duration::from_millis(100), Duration::from_secs(15)),
+            token_types: BTreeSet::from([DEFAULT_STREAM_TOKEN_TYPE.to_owned()]),
+            send_timeout: Duration::from_secs(DEFAULT_STREAM_SEND_TIMEOUT_SECONDS),
+            max_sessions: DEFAULT_STREAM_MAX_SESSIONS,
+            max_sessions_per_org: DEFAULT_STREAM_MAX_SESSIONS_PER_ORG,
         }
     }
 }
@@ -52,11 +69,12 @@ impl Default for StreamSettings {
     }
 }
 
-/// Whether `/demo` and its dev-only minting route are served.
+/// Whether `/demo` and its minting route, which mints for the dev org without an API key, are
+/// served. An explicit opt-in, allowed only on a loopback bind address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DemoMode {
-    /// Only while the keyring holds the dev key `keys init` creates (org "dev", name "dev").
-    Auto,
+    /// Served while the keyring also holds the dev key `keys init` creates (org "dev").
+    On,
     Off,
 }
 /// A token-bucket quota: `burst` requests at once, refilled at `per_minute`.
@@ -189,6 +207,10 @@ pub const DEFAULT_REDIS_PREFIX: &str = "streamtoken";
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 500;
 pub const DEFAULT_RATE_PER_MINUTE: u64 = 600;
 pub const DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS: u64 = 60;
+pub const DEFAULT_STREAM_TOKEN_TYPE: &str = "realtime";
+pub const DEFAULT_STREAM_SEND_TIMEOUT_SECONDS: u64 = 10;
+pub const DEFAULT_STREAM_MAX_SESSIONS: usize = 10_000;
+pub const DEFAULT_STREAM_MAX_SESSIONS_PER_ORG: usize = 1_000;
 pub const MAX_RATE_PER_MINUTE: u64 = 100_000_000;
 
 impl Settings {
@@ -222,12 +244,14 @@ impl Settings {
                 reason: e.to_string(),
             })?;
         }
+        let bind: SocketAddr = env.parsed("STREAMTOKEN_BIND", DEFAULT_BIND)?;
         Ok(Settings {
-            bind: env.parsed("STREAMTOKEN_BIND", DEFAULT_BIND)?,
+            bind,
             keys_dir: env
                 .text("STREAMTOKEN_KEYS_DIR")
                 .unwrap_or_else(|| "keys".into())
                 .into(),
+            strict_key_files: env.flag("STREAMTOKEN_STRICT_KEY_FILES")?,
             redis,
             token: TokenSettings {
                 issuer: env.name("STREAMTOKEN_ISSUER", DEFAULT_ISSUER)?,
@@ -266,19 +290,47 @@ impl Settings {
                     reason,
                 })?
             },
-            stream: StreamSettings::with_idle_timeout(Duration::from_secs(env.number(
-                "STREAMTOKEN_STREAM_IDLE_TIMEOUT_SECONDS",
-                DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS,
-                1..=86_400,
-            )?)),
+            stream: StreamSettings {
+                token_types: env.token_types("STREAMTOKEN_STREAM_TOKEN_TYPES")?,
+                send_timeout: Duration::from_secs(env.number(
+                    "STREAMTOKEN_STREAM_SEND_TIMEOUT_SECONDS",
+                    DEFAULT_STREAM_SEND_TIMEOUT_SECONDS,
+                    1..=3_600,
+                )?),
+                max_sessions: env.number(
+                    "STREAMTOKEN_STREAM_MAX_SESSIONS",
+                    DEFAULT_STREAM_MAX_SESSIONS as u64,
+                    1..=1_000_000,
+                )? as usize,
+                max_sessions_per_org: env.number(
+                    "STREAMTOKEN_STREAM_MAX_SESSIONS_PER_ORG",
+                    DEFAULT_STREAM_MAX_SESSIONS_PER_ORG as u64,
+                    1..=1_000_000,
+                )? as usize,
+                ..StreamSettings::with_idle_timeout(Duration::from_secs(env.number(
+                    "STREAMTOKEN_STREAM_IDLE_TIMEOUT_SECONDS",
+                    DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS,
+                    1..=86_400,
+                )?))
+            },
             demo: match env.text("STREAMTOKEN_DEMO").as_deref().map(str::trim) {
-                None | Some("auto") => DemoMode::Auto,
-                Some("off") => DemoMode::Off,
+                None | Some("off") => DemoMode::Off,
+                Some("on") if bind.ip().is_loopback() => DemoMode::On,
+                Some("on") => {
+                    return Err(ConfigError {
+                        variable: "STREAMTOKEN_DEMO",
+                        value: "on".into(),
+                        reason: format!(
+                            "the demo mints tokens without an API key, so it is served only on a \
+                             loopback address; STREAMTOKEN_BIND is {bind}"
+                        ),
+                    })
+                }
                 Some(other) => {
                     return Err(ConfigError {
                         variable: "STREAMTOKEN_DEMO",
                         value: other.into(),
-                        reason: "must be auto or off".into(),
+                        reason: "must be on or off".into(),
                     })
                 }
             },
@@ -348,6 +400,24 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         }
     }
 
+    /// A comma-separated list of token types; unset means the stream's default.
+    fn token_types(&self, name: &'static str) -> Result<BTreeSet<String>, ConfigError> {
+        let Some(value) = self.text(name) else {
+            return Ok(BTreeSet::from([DEFAULT_STREAM_TOKEN_TYPE.to_owned()]));
+        };
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| TokenType::parse(t).map(|t| t.as_str().to_owned()))
+            .collect::<Result<BTreeSet<_>, _>>()
+            .map_err(|e| ConfigError {
+                variable: name,
+                value: value.clone(),
+                reason: e.message,
+            })
+    }
+
     /// `true`/`false` (also `1`/`0`, `yes`/`no`); unset means false.
     fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
         match self
@@ -405,6 +475,19 @@ mod tests {
         assert_eq!(s.token.leeway_seconds, 5);
         assert_eq!(s.rate_limit, RateQuota::per_minute(600));
         assert_eq!(s.compat, CompatFamilies::all());
+        assert_eq!(
+            s.stream.token_types,
+            BTreeSet::from(["realtime".to_owned()])
+        );
+    }
+
+    #[test]
+    fn stream_token_types_are_a_comma_list() {
+        let s = settings(&[("STREAMTOKEN_STREAM_TOKEN_TYPES", " realtime, chat ,")]).unwrap();
+        assert_eq!(
+            s.stream.token_types,
+            BTreeSet::from(["chat".to_owned(), "realtime".to_owned()])
+        );
     }
 
     #[test]
@@ -414,6 +497,19 @@ mod tests {
         assert!(!s.compat.elevenlabs && !s.compat.stream);
         let none = settings(&[("STREAMTOKEN_COMPAT", "none")]).unwrap().compat;
         assert!(!(none.assemblyai || none.elevenlabs || none.stream || none.chat));
+    }
+
+    #[test]
+    fn the_demo_is_off_unless_switched_on_and_on_only_on_loopback() {
+        assert_eq!(settings(&[]).unwrap().demo, DemoMode::Off);
+        let on = |bind: &str| settings(&[("STREAMTOKEN_DEMO", "on"), ("STREAMTOKEN_BIND", bind)]);
+        assert_eq!(on("127.0.0.1:8080").unwrap().demo, DemoMode::On);
+        assert_eq!(on("[::1]:8080").unwrap().demo, DemoMode::On);
+        for public in ["0.0.0.0:8080", "[::]:8080", "192.0.2.1:8080"] {
+            let err = on(public).unwrap_err();
+            assert_eq!(err.variable, "STREAMTOKEN_DEMO");
+            assert!(err.to_string().contains("loopback"), "{err}");
+        }
     }
 
     #[test]
@@ -442,7 +538,11 @@ mod tests {
             ("STREAMTOKEN_RATE_BURST", "1.5"),
             ("STREAMTOKEN_COMPAT", "assemblyai,nope"),
             ("STREAMTOKEN_STREAM_IDLE_TIMEOUT_SECONDS", "0"),
-            ("STREAMTOKEN_DEMO", "on"),
+            ("STREAMTOKEN_STREAM_TOKEN_TYPES", "realtime,Chat"),
+            ("STREAMTOKEN_STREAM_SEND_TIMEOUT_SECONDS", "0"),
+            ("STREAMTOKEN_STREAM_MAX_SESSIONS", "0"),
+            ("STREAMTOKEN_STREAM_MAX_SESSIONS_PER_ORG", "x"),
+            ("STREAMTOKEN_DEMO", "auto"),
             ("STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE", "maybe"),
         ] {
             let err = settings(&[(var, value)]).expect_err(var);

@@ -3,8 +3,12 @@
 //! only in how it answers:
 //!
 //! 1. `presented`: find the token the client presented (query, `Authorization`, subprotocol);
-//! 2. `redeem`: verify it locally, consume one use in the shared store (fail closed), and report
-//!    the outcome to the metrics.
+//! 2. `redeem`: verify it locally, apply the surface's `policy` (orgs, token types), consume one
+//!    use in the shared store (fail closed), and report the outcome to the metrics;
+//! 3. `slots`: a session-holding surface takes a place under its caps first, so a client turned
+//!    away for capacity keeps its token.
 
+pub mod policy;
 pub mod presented;
 pub mod redeem;
+pub mod slots;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-use crate::keys::keyring::KeyringHandle;
+use crate::admission::policy::Policy;
+use crate::keys::keyring::{KeyFileModes, KeyringHandle};
 use crate::metrics::Metrics;
 use crate::settings::TokenSettings;
 use crate::store::{Consumed, SharedStore, StoreUnavailable, UseOf};
@@ -47,6 +48,7 @@ pub struct Redeemer {
     store: Arc<dyn SharedStore>,
     leeway_seconds: i64,
     metrics: Option<Arc<Metrics>>,
+    policy: Policy,
 }
 
 impl Redeemer {
@@ -61,6 +63,7 @@ impl Redeemer {
             store,
             leeway_seconds: settings.leeway_seconds as i64,
             metrics: None,
+            policy: Policy::any(),
         }
     }
 
@@ -73,8 +76,13 @@ impl Redeemer {
     /// Everything a gateway needs, from the same settings the service uses: the keyring from
     /// `STREAMTOKEN_KEYS_DIR` and the shared store (Redis or memory). Needs a Tokio runtime.
     pub fn from_settings(settings: &crate::settings::Settings) -> anyhow::Result<Self> {
+        let modes = if settings.strict_key_files {
+            KeyFileModes::Refuse
+        } else {
+            KeyFileModes::Warn
+        };
         let keyring = Arc::new(
-            KeyringHandle::load(&settings.keys_dir)
+            KeyringHandle::load_with(&settings.keys_dir, modes)
                 .with_context(|| format!("loading keys from {}", settings.keys_dir.display()))?,
         );
         let store = crate::store::open(settings)?;
@@ -96,10 +104,25 @@ impl Redeemer {
         self.verifier.verify(token, &self.keyring.snapshot())
     }
 
-    /// Verifies `token` and records one use. Fails closed: a store that cannot answer is an
-    /// error, never an acceptance.
+    /// The policy `redeem` and `introspect` apply (every org and type unless set).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Verifies `token` under this redeemer's policy and records one use. Fails closed: a store
+    /// that cannot answer is an error, never an acceptance.
     pub async fn redeem(&self, token: &str) -> Result<Redemption, RedeemError> {
-        let outcome = self.consume(token).await;
+        self.redeem_under(token, &self.policy).await
+    }
+
+    /// Like `redeem`, under the policy of the surface (or caller) at hand.
+    pub async fn redeem_under(
+        &self,
+        token: &str,
+        policy: &Policy,
+    ) -> Result<Redemption, RedeemError> {
+        let outcome = self.consume(token, policy).await;
         if let Some(metrics) = &self.metrics {
             match &outcome {
                 Ok(redemption) => metrics.redeemed(&redemption.claims.token_type),
@@ -111,12 +134,13 @@ impl Redeemer {
         outcome
     }
 
-    async fn consume(&self, token: &str) -> Result<Redemption, RedeemError> {
+    async fn consume(&self, token: &str, policy: &Policy) -> Result<Redemption, RedeemError> {
         let keyring = self.keyring.snapshot();
         let claims = self
             .verifier
             .verify(token, &keyring)
             .map_err(RedeemError::Rejected)?;
+        policy.check(&claims).map_err(RedeemError::Rejected)?;
         let consumed = self
             .store
             .consume_once(UseOf {
@@ -141,7 +165,17 @@ impl Redeemer {
         }
     }
 
-    pub async fn introspect(&self, token: &str) -> Result<Introspection, StoreUnavailable> {
+    /// What a token's state is, without consuming a use. A token the policy refuses is an
+    /// error, so no claim of another org's token is revealed.
+    pub async fn introspect(&self, token: &str) -> Result<Introspection, RedeemError> {
+        self.introspect_under(token, &self.policy).await
+    }
+
+    pub async fn introspect_under(
+        &self,
+        token: &str,
+        policy: &Policy,
+    ) -> Result<Introspection, RedeemError> {
         let claims = match self.verify(token) {
             Ok(claims) => claims,
             Err(reason) => {
@@ -153,6 +187,12 @@ impl Redeemer {
                 })
             }
         };
+        if let Err(reason) = policy.check(&claims) {
+            if let Some(metrics) = &self.metrics {
+                metrics.rejected_token(reason);
+            }
+            return Err(RedeemError::Rejected(reason));
+        }
         let used = self
             .store
             .uses_recorded(claims.jti, claims.uses)

@@ -76,6 +76,10 @@ enum KeysCommand {
         /// Credit balance for the org (default: unlimited).
         #[arg(long)]
         credits: Option<u64>,
+        /// An operator key: redeems, introspects and reads usage of every org's tokens
+        /// (default: only its own org's).
+        #[arg(long)]
+        any_org: bool,
     },
     /// Create a new random signing key.
     NewSigningKey {
@@ -85,6 +89,10 @@ enum KeysCommand {
     },
     /// Make an existing signing key the one that signs new tokens.
     Activate { kid: String },
+    /// Remove an API key by the id `keys list` shows; running servers drop it on reload.
+    RemoveApiKey { id: String },
+    /// Delete a signing key (not the active one); its tokens stop verifying on reload.
+    RemoveSigningKey { kid: String },
     /// List signing keys and API keys (never their secrets).
     List,
 }
@@ -220,6 +228,7 @@ fn keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<()> {
             name,
             rate_per_minute,
             credits,
+            any_org,
         } => {
             let scopes = if scopes.is_empty() {
                 vec![Scope::Mint]
@@ -234,6 +243,7 @@ fn keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<()> {
                     scopes,
                     rate_per_minute,
                     credits,
+                    any_org,
                 },
             )?;
             println!("{key}");
@@ -245,6 +255,14 @@ fn keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Activate { kid } => {
             admin::activate_signing_key(dir, &kid)?;
             println!("{kid} is now the active signing key; send SIGHUP to running servers");
+        }
+        KeysCommand::RemoveApiKey { id } => {
+            admin::remove_api_key(dir, &id)?;
+            println!("removed API key {id}; send SIGHUP to running servers");
+        }
+        KeysCommand::RemoveSigningKey { kid } => {
+            admin::remove_signing_key(dir, &kid)?;
+            println!("removed signing key {kid}; send SIGHUP to running servers");
         }
         KeysCommand::List => list(settings)?,
     }
@@ -268,8 +286,9 @@ fn list(settings: &Settings) -> anyhow::Result<()> {
     let file = keyring::read_api_keys_file(&settings.keys_dir.join(keyring::API_KEYS_FILE))?;
     for key in file.api_keys {
         let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+        let reach = if key.any_org { "  any-org" } else { "" };
         println!(
-            "  {}  org={}  name={:?}  scopes={}  created={}",
+            "  {}  org={}  name={:?}  scopes={}{reach}  created={}",
             key.id,
             key.org,
             key.name,

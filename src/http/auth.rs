@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 
+use crate::admission::policy::Policy;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::tenancy::api_keys::{ApiKeyRecord, Scope};
+use crate::token::claims::RejectReason;
 
 /// The key's record, once the presented key matched one.
 #[derive(Debug, Clone)]
@@ -20,6 +22,25 @@ impl Caller {
             Ok(&self.0)
         } else {
             Err(ApiError::Forbidden(scope))
+        }
+    }
+
+    /// Which tokens this key's gateway may redeem and introspect: its own org's, or every
+    /// org's for an operator key.
+    pub fn gateway_policy(&self) -> Policy {
+        if self.0.any_org {
+            Policy::any()
+        } else {
+            Policy::any().only_org(self.0.org.as_str())
+        }
+    }
+
+    /// The org whose usage is asked for: `requested`, if this key acts for it, else its own.
+    pub fn usage_org<'a>(&'a self, requested: Option<&'a str>) -> Result<&'a str, ApiError> {
+        match requested {
+            None => Ok(self.0.org.as_str()),
+            Some(org) if self.0.acts_for(org) => Ok(org),
+            Some(_) => Err(ApiError::TokenRejected(RejectReason::WrongOrg)),
         }
     }
 }

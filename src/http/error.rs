@@ -45,6 +45,8 @@ pub enum ApiError {
     RateLimited { retry_after_seconds: u64 },
     #[error("no credits remaining for this organisation")]
     InsufficientCredits,
+    #[error("too many sessions are open; try again later (the token was not used)")]
+    TooManySessions,
     #[error("internal error")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -63,10 +65,13 @@ impl ApiError {
             ApiError::MissingToken => "missing_token",
             ApiError::TokenRejected(RejectReason::Expired) => "token_expired",
             ApiError::TokenRejected(RejectReason::AlreadyUsed) => "token_already_used",
+            ApiError::TokenRejected(RejectReason::WrongOrg) => "wrong_org",
+            ApiError::TokenRejected(RejectReason::WrongTokenType) => "wrong_token_type",
             ApiError::TokenRejected(_) => "invalid_token",
             ApiError::ReplayStoreUnavailable => "replay_store_unavailable",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::InsufficientCredits => "insufficient_credits",
+            ApiError::TooManySessions => "too_many_sessions",
             ApiError::Unexpected(_) => "internal_error",
         }
     }
@@ -143,10 +148,14 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MissingToken => StatusCode::UNAUTHORIZED,
             ApiError::TokenRejected(RejectReason::AlreadyUsed) => StatusCode::CONFLICT,
+            ApiError::TokenRejected(RejectReason::WrongOrg | RejectReason::WrongTokenType) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::TokenRejected(_) => StatusCode::UNAUTHORIZED,
             ApiError::ReplayStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
+            ApiError::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

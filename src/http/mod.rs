@@ -4,6 +4,7 @@
 
 pub(crate) mod access_log;
 pub(crate) mod auth;
+pub(crate) mod connection;
 pub mod error;
 pub(crate) mod issuance;
 pub(crate) mod json_body;

@@ -9,8 +9,8 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
 use crate::http::state::AppState;
-use crate::http::{access_log, middleware, routes};
-use crate::settings::{CompatFamilies, Settings};
+use crate::http::{access_log, connection, middleware, routes};
+use crate::settings::{CompatFamilies, DemoMode, Settings};
 
 /// How long a graceful shutdown waits for in-flight requests before dropping them.
 pub const SHUTDOWN_DEADLINE_SECONDS: u64 = 10;
@@ -31,6 +31,13 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let state = web::Data::new(AppState::from_settings(&settings)?);
+        if settings.demo == DemoMode::On {
+            log::warn!(
+                "demo on (STREAMTOKEN_DEMO=on): /demo and POST /demo/token mint for the dev org \
+                 without an API key, on {} only",
+                settings.bind
+            );
+        }
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("binding STREAMTOKEN_BIND={}", settings.bind))?;
         let address = listener.local_addr()?;
@@ -82,6 +89,7 @@ pub fn run(
             .configure(|cfg| routes::configure(cfg, compat_families))
             .default_service(web::to(routes::not_found))
     })
+    .on_connect(connection::remember)
     .workers(workers)
     // Signals are handled by `serve`, which closes stream sessions before stopping the server.
     .disable_signals()

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use actix_web::web;
 
+use crate::admission::policy::Policy;
 use crate::admission::redeem::Redeemer;
+use crate::admission::slots::SessionSlots;
 use crate::keys::keyring::KeyringHandle;
 use crate::metrics::Metrics;
 use crate::settings::{DemoMode, Settings, StreamSettings};
@@ -23,6 +25,10 @@ pub struct AppState {
     pub redeemer: web::Data<Redeemer>,
     pub rate_limiter: RateLimiter,
     pub stream: StreamSettings,
+    /// What `/v1/stream` admits: the token types in `stream`.
+    pub stream_policy: Policy,
+    /// `/v1/stream`'s caps on open sessions.
+    pub session_slots: Arc<SessionSlots>,
     pub demo: DemoMode,
     pub metrics: Arc<Metrics>,
     /// Flips to `true` when the server begins a graceful shutdown; open sessions close with 1001.
@@ -42,7 +48,12 @@ impl AppState {
             redeemer: web::Data::new(redeemer),
             metrics,
             rate_limiter: RateLimiter::new(settings.rate_limit),
-            stream: settings.stream,
+            stream_policy: Policy::any().only_token_types(settings.stream.token_types.clone()),
+            session_slots: SessionSlots::new(
+                settings.stream.max_sessions,
+                settings.stream.max_sessions_per_org,
+            ),
+            stream: settings.stream.clone(),
             demo: settings.demo,
             shutdown: tokio::sync::watch::Sender::new(false),
             keyring,

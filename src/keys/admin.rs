@@ -4,7 +4,7 @@
 //! middle of a write never reads half a file. Secrets are created with mode 0600.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -12,7 +12,7 @@ use base64::Engine;
 
 use crate::keys::keyring::{self, Keyring, ACTIVE_FILE, API_KEYS_FILE, KEY_EXTENSION, SIGNING_DIR};
 use crate::tenancy::api_keys::{self, Scope, DEV_KEY_NAME};
-use crate::tenancy::org::{Org, DEV_ORG};
+use crate::tenancy::org::Org;
 
 /// Random bytes in a generated signing secret (HS256 wants at least 32).
 pub const SIGNING_SECRET_BYTES: usize = 64;
@@ -49,11 +49,8 @@ pub fn init_dev(dir: &Path) -> anyhow::Result<InitOutcome> {
         Some(add_api_key(
             dir,
             &NewApiKey {
-                org: Org::parse(DEV_ORG)?,
                 name: DEV_KEY_NAME.into(),
-                scopes: vec![Scope::Mint, Scope::Redeem],
-                rate_per_minute: None,
-                credits: None,
+                ..NewApiKey::new(Org::dev(), vec![Scope::Mint, Scope::Redeem])
             },
         )?)
     };
@@ -68,8 +65,7 @@ pub fn init_dev(dir: &Path) -> anyhow::Result<InitOutcome> {
 /// Writes a new random signing key and returns its kid; `activate` makes it the signing key.
 pub fn new_signing_key(dir: &Path, activate: bool) -> anyhow::Result<String> {
     let signing_dir = dir.join(SIGNING_DIR);
-    std::fs::create_dir_all(&signing_dir)
-        .with_context(|| format!("creating {}", signing_dir.display()))?;
+    create_private_dir(&signing_dir)?;
     let suffix: [u8; 4] = crate::random::bytes();
     let kid = format!(
         "k{}-{}",
@@ -108,6 +104,23 @@ pub struct NewApiKey {
     pub scopes: Vec<Scope>,
     pub rate_per_minute: Option<u32>,
     pub credits: Option<u64>,
+    /// An operator key that acts on every org's tokens (see `ApiKeyRecord::any_org`).
+    pub any_org: bool,
+}
+
+impl NewApiKey {
+    /// A key of `org` with `scopes` and every other field at its default: no name, the org's
+    /// rate, unlimited credits, its own org only.
+    pub fn new(org: Org, scopes: Vec<Scope>) -> Self {
+        NewApiKey {
+            org,
+            name: String::new(),
+            scopes,
+            rate_per_minute: None,
+            credits: None,
+            any_org: false,
+        }
+    }
 }
 
 /// Stores the hash of a new API key and returns the key itself (shown once, never stored).
@@ -115,7 +128,7 @@ pub fn add_api_key(dir: &Path, new: &NewApiKey) -> anyhow::Result<String> {
     if new.scopes.is_empty() {
         bail!("an API key needs at least one scope (mint, redeem)");
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    create_private_dir(dir)?;
     let path = dir.join(API_KEYS_FILE);
     let mut file = keyring::read_api_keys_file(&path)?;
     let key = api_keys::generate_key();
@@ -124,10 +137,46 @@ pub fn add_api_key(dir: &Path, new: &NewApiKey) -> anyhow::Result<String> {
     let mut record = api_keys::record_for(&key, &new.org, &new.name, scopes);
     record.rate_per_minute = new.rate_per_minute;
     record.credits = new.credits;
+    record.any_org = new.any_org;
     file.api_keys.push(record);
     let json = serde_json::to_vec_pretty(&file)?;
     write_atomically(&path, &json)?;
     Ok(key)
+}
+
+/// Removes the API key with record id `id` (as `keys list` shows it).
+pub fn remove_api_key(dir: &Path, id: &str) -> anyhow::Result<()> {
+    let path = dir.join(API_KEYS_FILE);
+    let mut file = keyring::read_api_keys_file(&path)?;
+    let before = file.api_keys.len();
+    file.api_keys.retain(|record| record.id != id);
+    if file.api_keys.len() == before {
+        bail!("no API key {id:?} in {}", path.display());
+    }
+    write_atomically(&path, &serde_json::to_vec_pretty(&file)?)
+}
+
+/// Deletes a signing key's file. The active key cannot go: activate another one first.
+pub fn remove_signing_key(dir: &Path, kid: &str) -> anyhow::Result<()> {
+    let signing_dir = dir.join(SIGNING_DIR);
+    let path = signing_dir.join(format!("{kid}.{KEY_EXTENSION}"));
+    if !keyring::is_valid_kid(kid) || !path.exists() {
+        bail!("no signing key {kid:?} in {}", signing_dir.display());
+    }
+    let active = std::fs::read_to_string(signing_dir.join(ACTIVE_FILE)).unwrap_or_default();
+    if active.trim() == kid {
+        bail!("{kid} is the active signing key; activate another key before removing it");
+    }
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+}
+
+/// Key folders are readable by their owner only (0700), like the 0600 files in them.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
@@ -192,16 +241,61 @@ mod tests {
         assert!(keyring.verifying_key(&before).is_some());
     }
 
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn folders_are_created_0700_and_files_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        init_dev(&keys).unwrap();
+        assert_eq!(mode_of(&keys), 0o700);
+        assert_eq!(mode_of(&keys.join(SIGNING_DIR)), 0o700);
+        assert_eq!(mode_of(&keys.join(API_KEYS_FILE)), 0o600);
+        assert_eq!(mode_of(&keys.join(SIGNING_DIR).join(ACTIVE_FILE)), 0o600);
+    }
+
+    #[test]
+    fn an_api_key_is_removed_by_its_id_and_no_longer_authenticates() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = init_dev(dir.path()).unwrap().created_api_key.unwrap();
+        let id = Keyring::load(dir.path())
+            .unwrap()
+            .api_keys()
+            .find(&key)
+            .unwrap()
+            .id
+            .clone();
+        remove_api_key(dir.path(), &id).unwrap();
+        assert!(Keyring::load(dir.path())
+            .unwrap()
+            .api_keys()
+            .find(&key)
+            .is_none());
+        let err = remove_api_key(dir.path(), &id).unwrap_err();
+        assert!(err.to_string().contains("no API key"), "{err}");
+    }
+
+    #[test]
+    fn a_signing_key_is_removed_unless_it_is_the_active_one() {
+        let dir = tempfile::tempdir().unwrap();
+        init_dev(dir.path()).unwrap();
+        let active = Keyring::load(dir.path()).unwrap().active().kid().to_owned();
+        let spare = new_signing_key(dir.path(), false).unwrap();
+        let err = remove_signing_key(dir.path(), &active).unwrap_err();
+        assert!(err.to_string().contains("active"), "{err}");
+        remove_signing_key(dir.path(), &spare).unwrap();
+        let keyring = Keyring::load(dir.path()).unwrap();
+        assert!(keyring.verifying_key(&spare).is_none());
+        assert!(keyring.verifying_key(&active).is_some());
+        assert!(remove_signing_key(dir.path(), "../api_keys").is_err());
+    }
+
     #[test]
     fn empty_scopes_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let new = NewApiKey {
-            org: Org::parse("acme").unwrap(),
-            name: "x".into(),
-            scopes: vec![],
-            rate_per_minute: None,
-            credits: None,
-        };
+        let new = NewApiKey::new(Org::parse("acme").unwrap(), vec![]);
         assert!(add_api_key(dir.path(), &new).is_err());
     }
 }

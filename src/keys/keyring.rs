@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,6 +24,8 @@ pub const ACTIVE_FILE: &str = "active";
 pub const API_KEYS_FILE: &str = "api_keys.json";
 pub const KEY_EXTENSION: &str = "key";
 pub const MIN_SECRET_BYTES: usize = 32;
+/// A secret with fewer distinct byte values is a placeholder (`aaaa…`), not a key.
+pub const MIN_DISTINCT_SECRET_BYTES: usize = 16;
 pub const MAX_KID_LEN: usize = 64;
 
 /// One HMAC key, ready to sign and verify. `Debug` shows only the kid.
@@ -41,6 +44,17 @@ impl SigningKey {
             bail!(
                 "signing key {kid:?} is {} bytes; at least {MIN_SECRET_BYTES} are required",
                 secret.len()
+            );
+        }
+        let distinct = secret
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if distinct < MIN_DISTINCT_SECRET_BYTES {
+            bail!(
+                "signing key {kid:?} has only {distinct} distinct byte values; at least \
+                 {MIN_DISTINCT_SECRET_BYTES} are required (create keys with `streamtoken keys \
+                 new-signing-key`)"
             );
         }
         Ok(SigningKey {
@@ -101,10 +115,16 @@ impl Keyring {
         })
     }
 
-    /// Reads the whole keys directory; any problem is an error naming the file.
+    /// Reads the whole keys directory; any problem is an error naming the file. A signing key
+    /// file others may read is a warning.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        Self::load_with(dir, KeyFileModes::Warn)
+    }
+
+    /// Like `load`, with the rule for signing key files others may read.
+    pub fn load_with(dir: &Path, modes: KeyFileModes) -> anyhow::Result<Self> {
         let signing_dir = dir.join(SIGNING_DIR);
-        let keys = read_signing_keys(&signing_dir)?;
+        let keys = read_signing_keys(&signing_dir, modes)?;
         if keys.is_empty() {
             bail!(
                 "no signing keys in {}; create one with `streamtoken keys init`",
@@ -135,7 +155,38 @@ impl Keyring {
     }
 }
 
-fn read_signing_keys(signing_dir: &Path) -> anyhow::Result<Vec<SigningKey>> {
+/// What loading does with a signing key file its group or others may read (mode `0o077` bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFileModes {
+    /// Log a warning naming the file, and load it.
+    Warn,
+    /// Refuse to load (`STREAMTOKEN_STRICT_KEY_FILES=true`).
+    Refuse,
+}
+
+fn check_mode(path: &Path, modes: KeyFileModes) -> anyhow::Result<()> {
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let problem = format!(
+        "{} is readable by others (mode {:o}); run chmod 600 on it",
+        path.display(),
+        mode & 0o777
+    );
+    match modes {
+        KeyFileModes::Warn => {
+            log::warn!("{problem}");
+            Ok(())
+        }
+        KeyFileModes::Refuse => bail!("{problem} (STREAMTOKEN_STRICT_KEY_FILES=true)"),
+    }
+}
+
+fn read_signing_keys(signing_dir: &Path, modes: KeyFileModes) -> anyhow::Result<Vec<SigningKey>> {
     let entries = match std::fs::read_dir(signing_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -151,6 +202,7 @@ fn read_signing_keys(signing_dir: &Path) -> anyhow::Result<Vec<SigningKey>> {
             .file_stem()
             .and_then(|s| s.to_str())
             .with_context(|| format!("{} has no usable name", path.display()))?;
+        check_mode(&path, modes)?;
         let secret = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let key = SigningKey::new(kid, secret.trim_ascii())
             .with_context(|| format!("loading {}", path.display()))?;
@@ -178,14 +230,20 @@ fn read_api_keys(path: &Path) -> anyhow::Result<ApiKeys> {
 /// requests already holding the old snapshot finish with it and none fails during the swap.
 pub struct KeyringHandle {
     dir: PathBuf,
+    modes: KeyFileModes,
     current: ArcSwap<Keyring>,
 }
 
 impl KeyringHandle {
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        Self::load_with(dir, KeyFileModes::Warn)
+    }
+
+    pub fn load_with(dir: &Path, modes: KeyFileModes) -> anyhow::Result<Self> {
         Ok(KeyringHandle {
             dir: dir.to_owned(),
-            current: ArcSwap::from_pointee(Keyring::load(dir)?),
+            modes,
+            current: ArcSwap::from_pointee(Keyring::load_with(dir, modes)?),
         })
     }
 
@@ -195,7 +253,7 @@ impl KeyringHandle {
 
     /// Re-reads the directory. On error the running keyring stays in place.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let fresh = Arc::new(Keyring::load(&self.dir)?);
+        let fresh = Arc::new(Keyring::load_with(&self.dir, self.modes)?);
         self.current.store(fresh.clone());
         // Logged after the swap: whoever waits for this line sees the new keys in effect.
         log::info!(
@@ -214,15 +272,48 @@ mod tests {
 
     #[test]
     fn a_secret_shorter_than_32_bytes_is_refused() {
-        let err = SigningKey::new("k1", &[7u8; 31]).unwrap_err();
+        let err = SigningKey::new("k1", &GOOD_SECRET[..31]).unwrap_err();
         assert!(err.to_string().contains("at least 32"), "{err}");
-        assert!(SigningKey::new("k1", &[7u8; 32]).is_ok());
+        assert!(SigningKey::new("k1", &GOOD_SECRET).is_ok());
+    }
+
+    /// 32 bytes, every one distinct.
+    const GOOD_SECRET: [u8; 32] = *b"0123456789abcdefghijklmnopqrstuv";
+
+    #[test]
+    fn a_secret_of_too_few_distinct_bytes_is_refused() {
+        let err = SigningKey::new("k1", &[7u8; 64]).unwrap_err();
+        assert!(err.to_string().contains("distinct"), "{err}");
+        let fifteen: Vec<u8> = (0..64).map(|i| b'a' + (i % 15) as u8).collect();
+        assert!(SigningKey::new("k1", &fifteen).is_err());
+        let sixteen: Vec<u8> = (0..64).map(|i| b'a' + (i % 16) as u8).collect();
+        assert!(SigningKey::new("k1", &sixteen).is_ok());
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_loads_with_a_warning_or_is_refused_when_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::keys::admin::init_dev(dir.path()).unwrap();
+        let active = Keyring::load(dir.path()).unwrap().active().kid().to_owned();
+        let file = dir
+            .path()
+            .join(SIGNING_DIR)
+            .join(format!("{active}.{KEY_EXTENSION}"));
+        assert!(Keyring::load_with(dir.path(), KeyFileModes::Refuse).is_ok());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Keyring::load_with(dir.path(), KeyFileModes::Warn).is_ok());
+        let err = Keyring::load_with(dir.path(), KeyFileModes::Refuse).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains("644"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_kid_that_could_walk_the_filesystem_is_refused() {
         for kid in ["", "../etc", "a/b", "a.b", &"k".repeat(65)] {
-            assert!(SigningKey::new(kid, &[7u8; 32]).is_err(), "{kid:?}");
+            assert!(SigningKey::new(kid, &GOOD_SECRET).is_err(), "{kid:?}");
         }
     }
 
@@ -242,7 +333,7 @@ mod tests {
 
     #[test]
     fn an_active_kid_without_a_file_is_an_error() {
-        let key = SigningKey::new("k1", &[1u8; 32]).unwrap();
+        let key = SigningKey::new("k1", &GOOD_SECRET).unwrap();
         let err = Keyring::new(vec![key], "k2", ApiKeys::default()).unwrap_err();
         assert!(err.to_string().contains("k2"));
     }

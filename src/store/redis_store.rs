@@ -83,6 +83,17 @@ impl RedisStore {
         }
     }
 
+    /// Strict mode's condition: Redis says it persists every write before answering.
+    async fn require_every_write(&self) -> Result<(), StoreUnavailable> {
+        match self.persistence().await? {
+            Persistence::EveryWrite => Ok(()),
+            other => Err(StoreUnavailable(format!(
+                "strict mode (STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE) needs Redis with appendonly \
+                 yes and appendfsync always; it reports {other:?}"
+            ))),
+        }
+    }
+
     /// Logs, once at start-up, what a Redis restart would do to single use.
     pub async fn warn_about_persistence(&self) {
         match self.persistence().await {
@@ -236,6 +247,12 @@ impl ReplayStore for RedisStore {
         // A single-use entry holds this attempt's marker, so a timed-out attempt can take back
         // exactly its own write (see `release_after_timeout`).
         let marker = format!("{} {}", use_of.org, Uuid::new_v4().simple());
+        if self.require_persistence {
+            // Refuse before spending anything (a use, a credit) when Redis cannot confirm it
+            // persists every write, CONFIG refused included. The check rides in the write's
+            // pipeline again below, for a Redis restarted in between.
+            self.require_every_write().await?;
+        }
         if let Some(limit) = use_of.credit_limit {
             // Charge first, then record the use, refunding a replay: a concurrent redemption is
             // never told "already used" about a use that would be taken back. The price is that
@@ -351,14 +368,7 @@ impl SharedStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreUnavailable> {
         self.query::<String>(redis::cmd("PING")).await.map(drop)?;
         if self.require_persistence {
-            match self.persistence().await? {
-                Persistence::EveryWrite => {}
-                other => {
-                    return Err(StoreUnavailable(format!(
-                        "strict mode needs appendonly yes and appendfsync always; Redis reports {other:?}"
-                    )))
-                }
-            }
+            self.require_every_write().await?;
         }
         Ok(())
     }

@@ -53,12 +53,21 @@ pub struct ApiKeyRecord {
     /// Credit balance granted to the org when the key was created; absent = unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credits: Option<u64>,
+    /// An operator key: redeems, introspects and reads usage of every org's tokens, not only
+    /// its own org's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_org: bool,
     pub created_at: String,
 }
 
 impl ApiKeyRecord {
     pub fn allows(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
+    }
+
+    /// Whether this key may act on `org`'s tokens and usage.
+    pub fn acts_for(&self, org: &str) -> bool {
+        self.any_org || self.org.as_str() == org
     }
 }
 
@@ -118,11 +127,11 @@ impl ApiKeys {
         self.credits_by_org.get(org).copied()
     }
 
-    /// Whether the keyring holds the dev key `keys init` creates; enables the demo.
-    pub fn has_dev_key(&self) -> bool {
+    /// The dev key `keys init` creates, if the keyring holds it; the demo mints as it.
+    pub fn dev_key(&self) -> Option<&Arc<ApiKeyRecord>> {
         self.by_hash
             .values()
-            .any(|r| r.org.as_str() == DEV_ORG && r.name == DEV_KEY_NAME)
+            .find(|r| r.org.as_str() == DEV_ORG && r.name == DEV_KEY_NAME)
     }
 
     pub fn len(&self) -> usize {
@@ -164,6 +173,7 @@ pub fn record_for(key: &str, org: &Org, name: &str, scopes: Vec<Scope>) -> ApiKe
         scopes,
         rate_per_minute: None,
         credits: None,
+        any_org: false,
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }
 }

@@ -54,6 +54,10 @@ pub enum RejectReason {
     /// `exp` lies further ahead than any token this service mints could.
     ExcessiveLifetime,
     AlreadyUsed,
+    /// Valid, but minted for an org the caller may not act on.
+    WrongOrg,
+    /// Valid, but of a token type this gateway surface does not admit.
+    WrongTokenType,
 }
 
 impl RejectReason {
@@ -68,6 +72,8 @@ impl RejectReason {
             RejectReason::WrongAudience => "wrong_audience",
             RejectReason::ExcessiveLifetime => "excessive_lifetime",
             RejectReason::AlreadyUsed => "already_used",
+            RejectReason::WrongOrg => "wrong_org",
+            RejectReason::WrongTokenType => "wrong_token_type",
         }
     }
 
@@ -84,6 +90,8 @@ impl RejectReason {
                 "the token's redemption window is longer than any this service issues"
             }
             RejectReason::AlreadyUsed => "the token has already been used",
+            RejectReason::WrongOrg => "the token belongs to another organisation",
+            RejectReason::WrongTokenType => "this endpoint does not accept tokens of this type",
         }
     }
 }

@@ -296,6 +296,7 @@ fn new_key(
         scopes: scopes.to_vec(),
         rate_per_minute,
         credits,
+        any_org: false,
     }
 }
 

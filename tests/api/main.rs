@@ -10,6 +10,8 @@ mod metrics;
 mod properties;
 mod redis;
 mod rotation;
+mod sessions;
 mod shutdown;
 mod stream;
 mod support;
+mod tenancy;

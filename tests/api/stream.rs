@@ -404,6 +404,7 @@ async fn a_token_of_an_org_without_credits_left_gets_insufficient_credits_and_cl
             scopes: vec![Scope::Mint],
             rate_per_minute: None,
             credits: Some(1),
+            any_org: false,
         },
     )
     .unwrap();

@@ -23,7 +23,7 @@ let browser;
 
 function startServer() {
   keysDir = mkdtempSync(join(tmpdir(), "streamtoken-demo-"));
-  const env = { ...process.env, STREAMTOKEN_KEYS_DIR: keysDir, STREAMTOKEN_BIND: "127.0.0.1:0", RUST_LOG: "info" };
+  const env = { ...process.env, STREAMTOKEN_KEYS_DIR: keysDir, STREAMTOKEN_BIND: "127.0.0.1:0", STREAMTOKEN_DEMO: "on", RUST_LOG: "info" };
   execFileSync(bin, ["keys", "init"], { env, stdio: "ignore" });
   server = spawn(bin, ["serve"], { env, stdio: ["ignore", "pipe", "pipe"] });
   server.stderr.on("data", (chunk) => { serverLog += chunk; });

@@ -1,48 +1,54 @@
 //! `GET /demo`: a self-contained page that walks the flow as a real frontend would, and
-//! `POST /demo/token`, its "backend", which mints with the dev org and no API key.
+//! `POST /demo/token`, its "backend", which mints as the dev key without asking for one.
 //!
-//! Both exist only while the keyring holds the dev key `keys init` creates (and
-//! `STREAMTOKEN_DEMO` is not `off`), so a production keyring never serves an unauthenticated
-//! minting route.
+//! Both exist only with `STREAMTOKEN_DEMO=on` (allowed on a loopback bind address only) while
+//! the keyring holds the dev key `keys init` creates; the token route runs the same minting
+//! pipeline as every other, so the dev org's rate limit and credits apply.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
+use crate::http::auth::Caller;
 use crate::http::error::ApiError;
+use crate::http::issuance::issue_as;
 use crate::http::state::AppState;
 use crate::settings::DemoMode;
-use crate::tenancy::org::Org;
-use crate::token::mint::MintRequest;
+use crate::token::mint::{MintRequest, MintedToken};
 
 const PAGE: &str = include_str!("demo.html");
 
-fn enabled(state: &AppState) -> bool {
-    state.demo == DemoMode::Auto && state.keyring.snapshot().api_keys().has_dev_key()
+/// The dev key the demo mints as, while the demo is on.
+fn dev_caller(state: &AppState) -> Option<Caller> {
+    if state.demo != DemoMode::On {
+        return None;
+    }
+    let keyring = state.keyring.snapshot();
+    keyring.api_keys().dev_key().cloned().map(Caller)
 }
 
 pub async fn page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if !enabled(&state) {
-        return Err(ApiError::NotFound);
-    }
+    dev_caller(&state).ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(PAGE))
 }
 
 #[derive(Serialize)]
-struct DemoToken {
-    token: String,
+struct DemoToken<'a> {
+    token: &'a str,
 }
 
-pub async fn token(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if !enabled(&state) {
-        return Err(ApiError::NotFound);
-    }
-    let minted = state.minter.mint(&Org::dev(), MintRequest::default())?;
-    state
-        .metrics
-        .minted("/demo/token", &minted.claims.token_type);
-    Ok(HttpResponse::Ok().json(DemoToken {
-        token: minted.token,
-    }))
+fn render_token(minted: &MintedToken) -> HttpResponse {
+    HttpResponse::Ok().json(DemoToken {
+        token: &minted.token,
+    })
+}
+
+pub async fn token(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let Some(dev) = dev_caller(&state) else {
+        return ApiError::NotFound.canonical_response();
+    };
+    issue_as(&req, &state, Ok(dev), Ok(MintRequest::default()))
+        .await
+        .respond(render_token, ApiError::canonical_response)
 }

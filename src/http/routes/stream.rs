@@ -6,11 +6,13 @@
 //!
 //! | close | meaning |
 //! | --- | --- |
-//! | 4001 | invalid token (missing, malformed, bad signature, unknown kid, wrong iss/aud, …) |
+//! | 4001 | invalid token (missing, malformed, bad signature, unknown kid, wrong iss/aud, …), or a token type `STREAMTOKEN_STREAM_TOKEN_TYPES` does not admit (`wrong_token_type`; nothing consumed) |
 //! | 4002 | token expired (redemption window passed) |
 //! | 4003 | token already used |
 //! | 4402 | the org has no credits left |
 //! | 1011 | replay store unavailable (nothing was accepted; retry) |
+//! | 1013 | too many sessions open, in all or for the org (the token was not used; retry) |
+//! | 1008 | the client did not take a frame within `STREAMTOKEN_STREAM_SEND_TIMEOUT_SECONDS` |
 //! | 4008 | session ended: `max_session_duration_seconds` reached |
 //! | 4009 | session ended: idle timeout (no frame from the client) |
 //! | 1001 | server shutting down |
@@ -21,13 +23,18 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_ws::{CloseCode, CloseReason, Closed, Message, MessageStream, Session};
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 use tokio::time::{sleep_until, Instant};
 
 use crate::admission::redeem::Redemption;
-use crate::gateway::{redeem_presented, BEARER_SUBPROTOCOL};
+use crate::admission::slots::Slot;
+use crate::gateway::{presented_token, redeem_presented_under, BEARER_SUBPROTOCOL};
+use crate::http::connection::ConnectionSocket;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::settings::StreamSettings;
@@ -35,6 +42,9 @@ use crate::token::claims::RejectReason;
 
 /// Largest frame echoed; bigger ones end the session with 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// How long a session's last frames (an error, the close) get to reach the client, and the
+/// connection to end by itself, before the server ends it.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 pub async fn stream(
     req: HttpRequest,
@@ -46,13 +56,14 @@ pub async fn stream(
         actix_ws::handle_with_protocols(&req, body, &[BEARER_SUBPROTOCOL]).map_err(|_| {
             ApiError::InvalidRequest("GET /v1/stream must be a WebSocket upgrade".into())
         })?;
-    let outcome = redeem_presented(&req, &state.redeemer).await;
-    let settings = state.stream;
+    let outcome = admit(&req, &state).await;
+    let settings = state.stream.clone();
     let shutdown = state.shutdown.subscribe();
     let metrics = state.metrics.clone();
+    let socket = ConnectionSocket::of(&req);
     actix_web::rt::spawn(async move {
         match outcome {
-            Ok((redemption, _)) => {
+            Ok((redemption, _slot)) => {
                 let _open = metrics.session_opened();
                 run_session(session, messages, redemption, settings, shutdown).await;
             }
@@ -62,12 +73,45 @@ pub async fn stream(
                     code: error.code(),
                     message: error.message(),
                 };
-                let _ = session.text(to_json(&frame)).await;
-                let _ = session.close(Some(close_reason_for(&error))).await;
+                let _ = tokio::time::timeout(CLOSE_WAIT, session.text(to_json(&frame))).await;
+                let closing = session.close(Some(close_reason_for(&error)));
+                let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
             }
+        }
+        // Whatever the client does, the connection ends: a client that stopped reading would
+        // otherwise hold it, and every frame queued for it, indefinitely.
+        if let Some(socket) = socket {
+            socket.end_within(CLOSE_WAIT).await;
         }
     });
     Ok(response)
+}
+
+/// A place under the session caps, then the redemption. The caps are checked on the verified
+/// token's org before a use is consumed, so a client turned away keeps a usable token.
+async fn admit(req: &HttpRequest, state: &AppState) -> Result<(Redemption, Slot), ApiError> {
+    let slot = match presented_token(req).map(|(token, _)| state.redeemer.verify(&token)) {
+        Some(Ok(claims)) => match state.session_slots.try_take(&claims.org) {
+            Some(slot) => Some(slot),
+            None => {
+                state.metrics.rejected("too_many_sessions");
+                return Err(ApiError::TooManySessions);
+            }
+        },
+        // Refused below, with the reason counted where every refusal is.
+        _ => None,
+    };
+    let (redemption, _) =
+        redeem_presented_under(req, &state.redeemer, &state.stream_policy).await?;
+    // Only a keyring reload between the two verifications gets here without a slot.
+    let slot = match slot {
+        Some(slot) => slot,
+        None => state
+            .session_slots
+            .try_take(&redemption.claims.org)
+            .ok_or(ApiError::TooManySessions)?,
+    };
+    Ok((redemption, slot))
 }
 
 #[derive(Serialize)]
@@ -97,6 +141,7 @@ fn close_reason_for(error: &ApiError) -> CloseReason {
         ApiError::TokenRejected(RejectReason::AlreadyUsed) => 4003,
         ApiError::InsufficientCredits => 4402,
         ApiError::ReplayStoreUnavailable => 1011,
+        ApiError::TooManySessions => 1013,
         _ => 4001,
     };
     close(code, &error.message())
@@ -114,8 +159,32 @@ fn close(code: u16, description: &str) -> CloseReason {
     }
 }
 
+/// A frame on its way to the client. Sends are never awaited inside the session loop, so the
+/// deadline, idle timeout and shutdown fire whatever the client does; while one is pending the
+/// loop stops reading (backpressure) and a send that outlasts the send timeout ends the session.
+type Sending = Pin<Box<dyn Future<Output = Result<(), Closed>>>>;
+
+fn echo(session: &Session, message: Message) -> Sending {
+    let mut out = session.clone();
+    Box::pin(async move {
+        match message {
+            Message::Text(text) => out.text(text).await,
+            Message::Binary(bytes) => out.binary(bytes).await,
+            Message::Ping(bytes) => out.pong(&bytes).await,
+            // Fragments are echoed frame by frame, so the per-frame limit still holds.
+            Message::Continuation(item) => out.continuation(item).await,
+            Message::Pong(_) | Message::Nop | Message::Close(_) => Ok(()),
+        }
+    })
+}
+
+fn ping(session: &Session) -> Sending {
+    let mut out = session.clone();
+    Box::pin(async move { out.ping(b"").await })
+}
+
 async fn run_session(
-    mut session: Session,
+    session: Session,
     messages: MessageStream,
     redemption: Redemption,
     settings: StreamSettings,
@@ -129,9 +198,8 @@ async fn run_session(
             .session_expires_at
             .to_rfc3339_opts(SecondsFormat::Millis, true),
     };
-    if session.text(to_json(&begins)).await.is_err() {
-        return;
-    }
+    let mut out = session.clone();
+    let first: Sending = Box::pin(async move { out.text(to_json(&begins)).await });
     // The session may outlive the token's redemption window: only this deadline ends it.
     let left = (redemption.session_expires_at - Utc::now())
         .to_std()
@@ -139,42 +207,56 @@ async fn run_session(
     let deadline = Instant::now() + left;
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     let mut last_heard = Instant::now();
+    let mut sending: Option<(Sending, Instant)> =
+        Some((first, Instant::now() + settings.send_timeout));
 
     let reason = loop {
+        let send_by = sending.as_ref().map(|(_, by)| *by);
         tokio::select! {
             _ = sleep_until(deadline) => break Some(close(4008, "max session duration reached")),
             _ = shutdown.wait_for(|stopping| *stopping) => {
                 break Some(close(1001, "server shutting down"));
             }
+            _ = sleep_until(send_by.unwrap_or(deadline)), if send_by.is_some() => {
+                break Some(close(1008, "client not reading"));
+            }
+            sent = async {
+                match sending.as_mut() {
+                    Some((send, _)) => send.await,
+                    None => std::future::pending().await,
+                }
+            }, if sending.is_some() => {
+                sending = None;
+                if sent.is_err() {
+                    break None;
+                }
+            }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= settings.idle_timeout {
                     break Some(close(4009, "idle timeout"));
                 }
-                if session.ping(b"").await.is_err() {
-                    break None;
+                // A client still taking the last frame needs no ping to prove it is there.
+                if sending.is_none() {
+                    sending = Some((ping(&session), Instant::now() + settings.send_timeout));
                 }
             }
-            message = messages.recv() => {
+            message = messages.recv(), if sending.is_none() => {
                 last_heard = Instant::now();
-                let sent = match message {
-                    Some(Ok(Message::Text(text))) => session.text(text).await,
-                    Some(Ok(Message::Binary(bytes))) => session.binary(bytes).await,
-                    Some(Ok(Message::Ping(bytes))) => session.pong(&bytes).await,
-                    // Fragments are echoed frame by frame, so the per-frame limit still holds.
-                    Some(Ok(Message::Continuation(item))) => session.continuation(item).await,
-                    Some(Ok(Message::Pong(_) | Message::Nop)) => Ok(()),
+                match message {
                     Some(Ok(Message::Close(reason))) => break reason,
+                    Some(Ok(message)) => {
+                        sending = Some((echo(&session, message), Instant::now() + settings.send_timeout));
+                    }
                     Some(Err(error)) => {
                         log::debug!("stream session {}: {error}", redemption.claims.jti);
                         break Some(close(1009, "frame too large or malformed"));
                     }
                     None => break None,
-                };
-                if sent.is_err() {
-                    break None;
                 }
             }
         }
     };
-    let _ = session.close(reason).await;
+    // A client that stopped reading may never take the close frame either.
+    drop(sending);
+    let _ = tokio::time::timeout(CLOSE_WAIT, session.close(reason)).await;
 }

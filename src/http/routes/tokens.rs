@@ -134,7 +134,10 @@ impl TokenBody {
 
 /// What redeem and introspect both take: the body's token, from a caller whose key holds the
 /// `redeem` scope (checked in that order: key, scope, body).
-pub(super) struct TokenToCheck(String);
+pub(super) struct TokenToCheck {
+    caller: Caller,
+    token: String,
+}
 
 impl FromRequest for TokenToCheck {
     type Error = ApiError;
@@ -145,10 +148,14 @@ impl FromRequest for TokenToCheck {
         let caller = Caller::from_request(&req, payload).into_inner();
         let payload = web::Payload::from_request(&req, payload).into_inner();
         Box::pin(async move {
-            caller?.require(Scope::Redeem)?;
+            let caller = caller?;
+            caller.require(Scope::Redeem)?;
             let payload = payload.map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
             let body = read_json::<TokenBody>(&req, payload).await?;
-            Ok(TokenToCheck(body.into_token()?))
+            Ok(TokenToCheck {
+                caller,
+                token: body.into_token()?,
+            })
         })
     }
 }
@@ -165,10 +172,13 @@ struct RedeemResponse<'a> {
 }
 
 pub async fn redeem(
-    TokenToCheck(token): TokenToCheck,
+    TokenToCheck { caller, token }: TokenToCheck,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let redemption = state.redeemer.redeem(&token).await?;
+    let redemption = state
+        .redeemer
+        .redeem_under(&token, &caller.gateway_policy())
+        .await?;
     let claims = &redemption.claims;
     Ok(HttpResponse::Ok().json(RedeemResponse {
         org: &claims.org,
@@ -195,10 +205,13 @@ struct IntrospectResponse {
 }
 
 pub async fn introspect(
-    TokenToCheck(token): TokenToCheck,
+    TokenToCheck { caller, token }: TokenToCheck,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let found = state.redeemer.introspect(&token).await?;
+    let found = state
+        .redeemer
+        .introspect_under(&token, &caller.gateway_policy())
+        .await?;
     Ok(HttpResponse::Ok().json(IntrospectResponse {
         active: found.active,
         reason: found.reason.map(|r| r.as_str()),

@@ -1,11 +1,13 @@
 //! `GET /v1/usage`: the calling key's org, its counters and credit balance.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
+use crate::http::query;
 use crate::http::state::AppState;
+use crate::input::InvalidParam;
 use crate::tenancy::credits;
 
 #[derive(Serialize)]
@@ -17,8 +19,15 @@ struct UsageBody<'a> {
     credits_remaining: Option<u64>,
 }
 
-pub async fn usage(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let org = caller.0.org.as_str();
+/// The caller's org, or with `?org=` another org an operator key (`--any-org`) acts for.
+pub async fn usage(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let requested = query::single(&req, "org")
+        .map_err(|query::Repeated| InvalidParam::new("org", "org must be given at most once"))?;
+    let org = caller.usage_org(requested.as_deref())?;
     let usage = state
         .store
         .usage(org)

@@ -50,7 +50,7 @@ impl Default for Options {
             rate_limit: RateQuota::per_minute(1_000_000),
             compat: CompatFamilies::all(),
             stream: StreamSettings::default(),
-            demo: DemoMode::Auto,
+            demo: DemoMode::On,
         }
     }
 }
@@ -86,6 +86,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let settings = Settings {
         bind: "127.0.0.1:0".parse().unwrap(),
         keys_dir: keys_dir.path().to_owned(),
+        strict_key_files: false,
         redis: options.redis,
         token: TokenSettings {
             leeway_seconds: options.leeway_seconds,
@@ -175,6 +176,7 @@ impl TestApp {
                 scopes: scopes.to_vec(),
                 rate_per_minute: None,
                 credits: None,
+                any_org: false,
             },
         )
         .unwrap();

@@ -1,0 +1,290 @@
+//! Every resource a streaming client can hold is bounded: a client that sends but never reads
+//! cannot keep a session past its deadline or the send timeout, and open sessions are capped in
+//! all and per org, checked before a use is consumed.
+
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use streamtoken::settings::StreamSettings;
+use streamtoken::tenancy::api_keys::Scope;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::app::{spawn_app_with, Options, TestApp};
+use crate::support::process::{cli, ServerProcess};
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The open-sessions gauge of a server.
+async fn open_sessions(client: &reqwest::Client, metrics_url: &str) -> i64 {
+    let page = client
+        .get(metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.lines()
+        .find_map(|line| line.strip_prefix("streamtoken_stream_sessions_open "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no open-sessions gauge in:\n{page}"))
+}
+
+/// Polls the gauge until it reads `want`, or panics with what it last read after `within`.
+async fn wait_for_open_sessions(client: &reqwest::Client, url: &str, want: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let open = open_sessions(client, url).await;
+        if open == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} sessions still open, not {want}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a session and sends frames without ever reading, until the server stops taking them
+/// (its echo is stuck behind our unread socket). Returns the still-open connection.
+async fn flood_without_reading(url: String) -> Client {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let frame = vec![7u8; 4096];
+    // Bounded in count and time: the server stops reading long before this.
+    for _ in 0..4096 {
+        let sent = tokio::time::timeout(
+            Duration::from_millis(200),
+            ws.send(Message::binary(frame.clone())),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            break;
+        }
+    }
+    ws
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_clients_that_send_and_never_read_lose_their_sessions_and_connections() {
+    // Arrange: a real server whose sends time out after 1 s.
+    let dir = tempfile::tempdir().unwrap();
+    cli(dir.path(), &["keys", "init"]);
+    let tokens: Vec<String> = cli(dir.path(), &["mint", "--org", "dev", "--count", "500"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let server = ServerProcess::spawn(
+        dir.path(),
+        &[
+            ("STREAMTOKEN_STREAM_SEND_TIMEOUT_SECONDS", "1"),
+            ("STREAMTOKEN_STREAM_IDLE_TIMEOUT_SECONDS", "3600"),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let metrics = server.url("/metrics");
+    let ws_base = server.address.replacen("http://", "ws://", 1);
+    // Measured once the workers have served a request and hold their steady set of descriptors.
+    open_sessions(&client, &metrics).await;
+    let (started_kib, started_fds) = (rss_kib(server.pid()), open_fds(server.pid()));
+
+    // Act: 500 clients flood at once and keep their connections open.
+    let clients: Vec<_> = tokens
+        .into_iter()
+        .map(|token| {
+            tokio::spawn(flood_without_reading(format!(
+                "{ws_base}/v1/stream?token={token}"
+            )))
+        })
+        .collect();
+    let mut held = Vec::new();
+    for client in clients {
+        held.push(client.await.unwrap());
+    }
+    let (peak_kib, peak_fds) = (rss_kib(server.pid()), open_fds(server.pid()));
+
+    // Assert: every session ends by the send timeout, and the server drops every connection,
+    // although no client reads or leaves. (The metrics scrape holds one connection.)
+    wait_for_open_sessions(&client, &metrics, 0, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while open_fds(server.pid()) > started_fds + 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (settled_kib, settled_fds) = (rss_kib(server.pid()), open_fds(server.pid()));
+    eprintln!(
+        "server: {started_kib} KiB RSS and {started_fds} fds at start, {peak_kib} KiB and \
+         {peak_fds} fds with 500 floods, {settled_kib} KiB and {settled_fds} fds after"
+    );
+    assert!(
+        peak_fds >= started_fds + 500,
+        "the floods were not all connected"
+    );
+    assert!(
+        settled_fds <= started_fds + 1,
+        "{settled_fds} fds open after the sessions closed, {started_fds} at start"
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_session_ends_at_its_deadline_even_while_its_client_is_not_reading() {
+    // Arrange: a long send timeout, so only the deadline can end the session.
+    let app = spawn_app_with(Options {
+        stream: StreamSettings {
+            send_timeout: Duration::from_secs(3600),
+            ..StreamSettings::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let token = app
+        .mint_token(json!({"max_session_duration_seconds": 2}))
+        .await;
+
+    // Act
+    let held = flood_without_reading(app.ws_url(&format!("/v1/stream?token={token}"))).await;
+
+    // Assert
+    wait_for_open_sessions(
+        &app.client,
+        &app.url("/metrics"),
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+    drop(held);
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_session_whose_client_is_not_reading() {
+    // Arrange
+    let app = spawn_app_with(Options {
+        stream: StreamSettings {
+            send_timeout: Duration::from_secs(3600),
+            ..StreamSettings::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let token = app.mint_token(json!({})).await;
+    let held = flood_without_reading(app.ws_url(&format!("/v1/stream?token={token}"))).await;
+    assert_eq!(open_sessions(&app.client, &app.url("/metrics")).await, 1);
+
+    // Act
+    let stopped = tokio::time::timeout(Duration::from_secs(20), app.stop_gracefully()).await;
+
+    // Assert
+    assert!(stopped.is_ok(), "the server did not stop within 20 s");
+    assert_eq!(app.state.session_slots.open("dev"), (0, 0));
+    drop(held);
+}
+
+/// The verdict of one `/v1/stream` attempt: the first frame's type or code, and the close code.
+async fn attempt(app: &TestApp, token: &str) -> (Option<Client>, String, Option<u16>) {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(app.ws_url(&format!("/v1/stream?token={token}")))
+            .await
+            .unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    let first: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    if first["type"] == "session_begins" {
+        return (Some(ws), "session_begins".into(), None);
+    }
+    let code = first["code"].as_str().unwrap().to_owned();
+    while let Some(Ok(frame)) = ws.next().await {
+        if let Message::Close(close) = frame {
+            return (None, code, close.map(|c| u16::from(c.code)));
+        }
+    }
+    (None, code, None)
+}
+
+async fn acme_token(app: &TestApp, key: &str) -> String {
+    let minted: Value = app
+        .post_json("/v1/tokens", Some(key), &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    minted["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn over_either_session_cap_a_client_gets_1013_and_keeps_a_usable_token() {
+    // Arrange: at most 3 sessions, 2 per org; dev and acme mint.
+    let app = spawn_app_with(Options {
+        stream: StreamSettings {
+            max_sessions: 3,
+            max_sessions_per_org: 2,
+            ..StreamSettings::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let acme = app.add_api_key("acme", &[Scope::Mint]);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let token = app.mint_token(json!({})).await;
+        let (ws, verdict, _) = attempt(&app, &token).await;
+        assert_eq!(verdict, "session_begins");
+        open.push(ws);
+    }
+
+    // Act: a third dev session (per-org cap), then acme's first (fine), then acme's second
+    // (the total cap).
+    let dev_third = app.mint_token(json!({})).await;
+    let per_org = attempt(&app, &dev_third).await;
+    let acme_first = attempt(&app, &acme_token(&app, &acme).await).await;
+    let acme_second_token = acme_token(&app, &acme).await;
+    let total = attempt(&app, &acme_second_token).await;
+
+    // Assert
+    assert_eq!(
+        (per_org.1.as_str(), per_org.2),
+        ("too_many_sessions", Some(1013))
+    );
+    assert_eq!(acme_first.1, "session_begins");
+    assert_eq!(
+        (total.1.as_str(), total.2),
+        ("too_many_sessions", Some(1013))
+    );
+    let dev_left: Value = app.introspect(&dev_third).await.json().await.unwrap();
+    assert_eq!(
+        dev_left["active"], true,
+        "the refused token is still usable: {dev_left}"
+    );
+    let acme_gateway = app.add_api_key("acme", &[Scope::Redeem]);
+    let acme_left: Value = app
+        .post_json(
+            "/v1/tokens/introspect",
+            Some(&acme_gateway),
+            &json!({ "token": acme_second_token }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        acme_left["active"], true,
+        "the refused token is still usable: {acme_left}"
+    );
+    drop(open);
+}
