@@ -5,8 +5,6 @@
 //! and error body is asserted, every numeric parameter is pushed over its edges, and every token
 //! is redeemed through the canonical `/v1/tokens/redeem`.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
@@ -15,6 +13,7 @@ use streamtoken::tenancy::api_keys::Scope;
 
 use crate::support::app::{spawn_app, spawn_app_with, Options, TestApp};
 use crate::support::fields::{keys_of, now, set, BASE_CLAIMS, REDEEM_RESPONSE_FIELDS};
+use crate::support::forge::claims_of;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -41,16 +40,6 @@ const FIFTEEN_MINUTES: i64 = 15 * 60;
 
 /// Whether a body is in the envelope of the route that produced it.
 type EnvelopeCheck = dyn Fn(&Value) -> bool;
-
-/// The claims of a compact JWS, decoded from its base64url payload.
-fn claims_of(token: &str) -> Value {
-    let parts: Vec<&str> = token.split('.').collect();
-    assert_eq!(parts.len(), 3, "a JWT has three segments: {token}");
-    let bytes = URL_SAFE_NO_PAD
-        .decode(parts[1])
-        .unwrap_or_else(|e| panic!("payload is not base64url without padding: {e}"));
-    serde_json::from_slice(&bytes).expect("the payload is JSON")
-}
 
 /// `exp - iat` of a token's claims: its redemption window.
 fn lifetime(claims: &Value) -> i64 {
@@ -97,6 +86,22 @@ impl Reply {
         self.headers.get(name).map(|v| v.to_str().unwrap())
     }
 
+    /// What every answer that carries a token, or refuses to mint one, must say to caches.
+    fn assert_no_store(&self, description: &str) {
+        assert_eq!(
+            self.header("cache-control"),
+            Some("no-store"),
+            "{description}"
+        );
+    }
+
+    /// A successful mint in `route`'s documented body (see `assert_minted` and
+    /// `Route::success`): the token and the lifetime the body reports.
+    fn minted(&self, route: Route, description: &str) -> (String, Option<i64>) {
+        self.assert_minted(description);
+        route.success(&self.body, description)
+    }
+
     /// What every successful minting response carries: JSON, `Cache-Control: no-store`, and the
     /// rate-limit headers as integers.
     fn assert_minted(&self, description: &str) {
@@ -106,11 +111,7 @@ impl Reply {
             Some("application/json"),
             "{description}"
         );
-        assert_eq!(
-            self.header("cache-control"),
-            Some("no-store"),
-            "{description}"
-        );
+        self.assert_no_store(description);
         let number = |name: &str| -> u64 {
             self.header(name)
                 .unwrap_or_else(|| panic!("{description}: no {name} header"))
@@ -353,14 +354,9 @@ async fn the_assemblyai_pages_examples_return_200_with_token_and_expires_in_seco
         .await;
 
         // Assert
-        reply.assert_minted(description);
-        assert_eq!(
-            keys_of(&reply.body),
-            set(&["token", "expires_in_seconds"]),
-            "{description}"
-        );
-        assert_eq!(reply.body["expires_in_seconds"], json!(60), "{description}");
-        let claims = claims_of(reply.body["token"].as_str().unwrap());
+        let (token, reported) = reply.minted(Route::AssemblyAi, description);
+        assert_eq!(reported, Some(60), "{description}");
+        let claims = claims_of(&token);
         assert_eq!(claims["token_type"], "realtime", "{description}");
         assert_eq!(lifetime(&claims), 60, "{description}");
         assert_eq!(
@@ -400,9 +396,8 @@ async fn the_elevenlabs_pages_examples_return_200_with_only_a_token() {
         let reply = send(request, description).await;
 
         // Assert
-        reply.assert_minted(description);
-        assert_eq!(keys_of(&reply.body), set(&["token"]), "{description}");
-        let claims = claims_of(reply.body["token"].as_str().unwrap());
+        let (token, _) = reply.minted(Route::ElevenLabs, description);
+        let claims = claims_of(&token);
         assert_eq!(claims["token_type"], token_type, "{description}");
         assert_eq!(lifetime(&claims), FIFTEEN_MINUTES, "{description}");
         assert_eq!(claims["org"], "dev", "{description}");
@@ -434,15 +429,9 @@ async fn the_stream_token_pages_examples_return_200_with_success_token_and_ttl()
         .await;
 
         // Assert
-        reply.assert_minted(description);
-        assert_eq!(
-            keys_of(&reply.body),
-            set(&["success", "token", "ttl"]),
-            "{description}"
-        );
-        assert_eq!(reply.body["success"], json!(true), "{description}");
-        assert_eq!(reply.body["ttl"], json!(ttl), "{description}");
-        let claims = claims_of(reply.body["token"].as_str().unwrap());
+        let (token, reported) = reply.minted(Route::Stream, description);
+        assert_eq!(reported, Some(ttl), "{description}");
+        let claims = claims_of(&token);
         assert_eq!(claims["token_type"], "stream", "{description}");
         assert_eq!(lifetime(&claims), ttl, "{description}");
     }
@@ -451,7 +440,7 @@ async fn the_stream_token_pages_examples_return_200_with_success_token_and_ttl()
 #[tokio::test]
 async fn the_chat_pages_examples_with_an_api_key_return_200_with_success_token_and_expires_in() {
     // Arrange: the POST example sends a Bearer key; the GET examples send none, so the key is
-    // added (DESIGN.md: a key is required).
+    // added (every minting route requires a key, whatever the page's example sends).
     let app = spawn_app().await;
     let bearer = format!("Bearer {}", app.api_key);
     let page_body = chat_body().to_string();
@@ -465,6 +454,12 @@ async fn the_chat_pages_examples_with_an_api_key_return_200_with_success_token_a
     ];
 
     for (method, path, body, expires_in, ctx, description) in cases {
+        let route = if method == reqwest::Method::POST {
+            Route::ChatPost
+        } else {
+            Route::ChatGet
+        };
+
         // Act
         let mut request = app
             .client
@@ -479,15 +474,9 @@ async fn the_chat_pages_examples_with_an_api_key_return_200_with_success_token_a
         let reply = send(request, description).await;
 
         // Assert
-        reply.assert_minted(description);
-        assert_eq!(
-            keys_of(&reply.body),
-            set(&["success", "token", "expires_in"]),
-            "{description}"
-        );
-        assert_eq!(reply.body["success"], json!(true), "{description}");
-        assert_eq!(reply.body["expires_in"], json!(expires_in), "{description}");
-        let claims = claims_of(reply.body["token"].as_str().unwrap());
+        let (token, reported) = reply.minted(route, description);
+        assert_eq!(reported, Some(expires_in), "{description}");
+        let claims = claims_of(&token);
         assert_eq!(claims["token_type"], "chat", "{description}");
         assert_eq!(lifetime(&claims), expires_in, "{description}");
         assert_eq!(claims.get("ctx"), ctx.as_ref(), "{description}");
@@ -525,11 +514,7 @@ async fn the_chat_pages_keyless_examples_get_401_in_the_chat_envelope() {
         // Assert
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{description}");
         assert_eq!(reply.body, expected, "{description}");
-        assert_eq!(
-            reply.header("cache-control"),
-            Some("no-store"),
-            "{description}"
-        );
+        reply.assert_no_store(description);
     }
 }
 
@@ -564,11 +549,7 @@ async fn the_stream_token_route_answers_401_with_the_pages_body_word_for_word() 
         // Assert
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{description}");
         assert_eq!(reply.text, STREAM_401, "{description}");
-        assert_eq!(
-            reply.header("cache-control"),
-            Some("no-store"),
-            "{description}"
-        );
+        reply.assert_no_store(description);
     }
 }
 
@@ -640,8 +621,7 @@ async fn every_compat_route_accepts_each_of_the_three_api_key_header_forms() {
             let reply = send(route.request(&app).header(*name, value), &description).await;
 
             // Assert
-            reply.assert_minted(&description);
-            let (token, _) = route.success(&reply.body, &description);
+            let (token, _) = reply.minted(route, &description);
             assert_eq!(claims_of(&token)["org"], "dev", "{description}");
         }
     }
@@ -764,11 +744,7 @@ async fn assemblyai_without_expires_in_seconds_answers_400_naming_the_required_p
             }),
             "{description}"
         );
-        assert_eq!(
-            reply.header("cache-control"),
-            Some("no-store"),
-            "{description}"
-        );
+        reply.assert_no_store(description);
     }
 }
 
@@ -796,8 +772,7 @@ async fn assemblyai_expires_in_seconds_accepts_1_to_600_and_refuses_every_other_
         // Assert
         match accepted {
             Some(value) => {
-                reply.assert_minted(&description);
-                let (token, reported) = Route::AssemblyAi.success(&reply.body, &description);
+                let (token, reported) = reply.minted(Route::AssemblyAi, &description);
                 assert_eq!(reported, Some(i64::from(value)), "{description}");
                 let claims = claims_of(&token);
                 assert_eq!(lifetime(&claims), i64::from(value), "{description}");
@@ -835,8 +810,7 @@ async fn assemblyai_max_session_duration_seconds_accepts_60_to_10800_and_refuses
         // Assert
         match accepted {
             Some(value) => {
-                reply.assert_minted(&description);
-                let (token, reported) = Route::AssemblyAi.success(&reply.body, &description);
+                let (token, reported) = reply.minted(Route::AssemblyAi, &description);
                 assert_eq!(reported, Some(30), "{description}");
                 let claims = claims_of(&token);
                 assert_eq!(lifetime(&claims), 30, "{description}");
@@ -879,11 +853,7 @@ fn assert_assemblyai_400(reply: &Reply, parameter: &str, description: &str) {
     );
     let message = reply.body["error"].as_str().unwrap();
     assert!(message.contains(parameter), "{description}: {message}");
-    assert_eq!(
-        reply.header("cache-control"),
-        Some("no-store"),
-        "{description}"
-    );
+    reply.assert_no_store(description);
 }
 
 #[tokio::test]
@@ -906,8 +876,7 @@ async fn stream_ttl_accepts_1_to_300_and_refuses_every_other_value_with_400_inva
         // Assert
         match accepted {
             Some(value) => {
-                reply.assert_minted(&description);
-                let (token, reported) = Route::Stream.success(&reply.body, &description);
+                let (token, reported) = reply.minted(Route::Stream, &description);
                 assert_eq!(reported, Some(i64::from(value)), "{description}");
                 assert_eq!(
                     lifetime(&claims_of(&token)),
@@ -958,8 +927,7 @@ async fn chat_ttl_accepts_1_to_300_and_refuses_every_other_value_with_400_invali
             // Assert
             match accepted {
                 Some(value) => {
-                    reply.assert_minted(&description);
-                    let (token, reported) = route.success(&reply.body, &description);
+                    let (token, reported) = reply.minted(route, &description);
                     assert_eq!(reported, Some(i64::from(value)), "{description}");
                     assert_eq!(
                         lifetime(&claims_of(&token)),
@@ -1011,8 +979,7 @@ async fn tokens_from_every_compat_route_redeem_once_and_carry_the_routes_claims(
         let after = now();
 
         // Assert: the token
-        minted.assert_minted(description);
-        let (token, reported) = route.success(&minted.body, description);
+        let (token, reported) = minted.minted(route, description);
         if let Some(reported) = reported {
             assert_eq!(reported, window, "{description}");
         }
@@ -1145,8 +1112,7 @@ async fn chat_post_bodies_are_bound_into_ctx_or_refused_in_the_chat_envelope() {
         );
         match expected {
             Ok(ctx) => {
-                reply.assert_minted(description);
-                let (token, _) = Route::ChatPost.success(&reply.body, description);
+                let (token, _) = reply.minted(Route::ChatPost, description);
                 assert_eq!(claims_of(&token).get("ctx"), ctx.as_ref(), "{description}");
             }
             Err(code) => {
@@ -1157,11 +1123,7 @@ async fn chat_post_bodies_are_bound_into_ctx_or_refused_in_the_chat_envelope() {
                     Some(code),
                     "{description}"
                 );
-                assert_eq!(
-                    reply.header("cache-control"),
-                    Some("no-store"),
-                    "{description}"
-                );
+                reply.assert_no_store(description);
             }
         }
     }
@@ -1189,8 +1151,7 @@ async fn each_compat_family_can_be_served_alone_while_the_others_answer_404() {
 
             // Assert
             if route.family() == family {
-                reply.assert_minted(&description);
-                route.success(&reply.body, &description);
+                reply.minted(route, &description);
             } else {
                 assert_not_found(&reply, &description);
             }

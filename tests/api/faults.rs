@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use reqwest::{Response, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 use streamtoken::token::mint::MintRequest;
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::app::{redis_settings, spawn_app_with, Options, TestApp};
+use crate::support::keys::init_keys;
+use crate::support::outcomes::{outcome, tally, ACCEPTED};
 use crate::support::process::{cli, ServerProcess};
 use crate::support::redis_server::{RedisReply, RedisServer};
 
@@ -33,7 +35,6 @@ use crate::support::redis_server::{RedisReply, RedisServer};
 
 /// The strict configuration: every write is fsynced before Redis answers.
 const AOF_ALWAYS: [&str; 4] = ["--appendonly", "yes", "--appendfsync", "always"];
-const ACCEPTED: &str = "200";
 const ALREADY_USED: &str = "409 token_already_used";
 const UNAVAILABLE: &str = "503 replay_store_unavailable";
 /// The default store timeout (`STREAMTOKEN_REDIS_TIMEOUT_MS`).
@@ -42,32 +43,6 @@ const STORE_TIMEOUT: Duration = Duration::from_millis(500);
 const PERSISTENCE_RECHECK: Duration = Duration::from_secs(5);
 /// Pause between two looks at a condition (never for correctness).
 const POLL: Duration = Duration::from_millis(20);
-
-/// "200", or the status followed by the error code of the JSON envelope.
-async fn outcome(response: Result<Response, reqwest::Error>) -> String {
-    let response = match response {
-        Ok(response) => response,
-        Err(e) => return format!("request error: {e}"),
-    };
-    let status = response.status();
-    if status == StatusCode::OK {
-        return ACCEPTED.into();
-    }
-    let text = response.text().await.unwrap_or_default();
-    let code = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|body| body["error"]["code"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("non-envelope body {text:?}"));
-    format!("{} {code}", status.as_u16())
-}
-
-fn tally<'a>(outcomes: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for outcome in outcomes {
-        *counts.entry(outcome.to_owned()).or_insert(0) += 1;
-    }
-    counts
-}
 
 /// Everything a task needs to redeem on one server, cheap to clone into tasks.
 #[derive(Clone)]
@@ -216,15 +191,6 @@ async fn readiness(app: &TestApp) -> String {
 
 fn redis_key(app: &TestApp, jti: &str) -> String {
     format!("{}:{jti}", app.settings.redis.as_ref().unwrap().key_prefix)
-}
-
-/// `keys init` in a fresh directory; returns it with the dev API key (the last line printed).
-fn init_keys() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = cli(dir.path(), &["keys", "init"]);
-    let api_key = out.lines().last().unwrap().trim().to_owned();
-    assert!(api_key.starts_with("st_"), "keys init printed:\n{out}");
-    (dir, api_key)
 }
 
 /// `n` tokens minted offline by the CLI with the keys in `dir`.

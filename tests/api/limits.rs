@@ -13,15 +13,17 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{json, Value};
-use streamtoken::keys::admin::NewApiKey;
 use streamtoken::settings::RateQuota;
 use streamtoken::tenancy::api_keys::Scope;
-use streamtoken::tenancy::org::Org;
 use tokio::sync::Barrier;
 
-use crate::support::app::{redis_settings, spawn_app, spawn_app_with, Options, TestApp};
+use crate::support::app::{
+    new_api_key, redis_settings, spawn_app, spawn_app_with, Options, TestApp,
+};
+use crate::support::keys::{add_api_key, init_keys};
 use crate::support::log_capture::looks_secret;
-use crate::support::process::{cli, ServerProcess};
+use crate::support::outcomes::tally;
+use crate::support::process::ServerProcess;
 use crate::support::redis_server::RedisServer;
 
 // ---------------------------------------------------------------------------------------------
@@ -113,14 +115,6 @@ async fn send(request: RequestBuilder) -> Reply {
         text,
         body,
     }
-}
-
-fn tally(outcomes: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for outcome in outcomes {
-        *counts.entry(outcome).or_insert(0) += 1;
-    }
-    counts
 }
 
 /// A minting route, with the request and the bodies its vendor's clients expect.
@@ -282,21 +276,6 @@ async fn spawn_app_at_rate(per_minute: u32) -> TestApp {
         ..Options::default()
     })
     .await
-}
-
-fn new_key(
-    org: &str,
-    scopes: &[Scope],
-    rate_per_minute: Option<u32>,
-    credits: Option<u64>,
-) -> NewApiKey {
-    NewApiKey {
-        org: Org::parse(org).unwrap(),
-        name: "limits-test".into(),
-        scopes: scopes.to_vec(),
-        rate_per_minute,
-        credits,
-    }
 }
 
 async fn redeem(client: &reqwest::Client, base: &str, key: &str, token: &str) -> Reply {
@@ -497,7 +476,7 @@ async fn a_key_with_its_own_rate_uses_it_on_every_route_while_the_orgs_other_key
     // Arrange: three keys of org "dev": the default one, a second without an override, and one
     // with `rate_per_minute: 2` in the keys file.
     let app = spawn_app_at_rate(RATE).await;
-    let overridden = app.add_api_key_with(new_key("dev", &[Scope::Mint], Some(2), None));
+    let overridden = app.add_api_key_with(new_api_key("dev", &[Scope::Mint], Some(2), None));
     let second = app.add_api_key("dev", &[Scope::Mint]);
     let first = app.api_key.clone();
 
@@ -522,25 +501,11 @@ async fn a_key_with_its_own_rate_uses_it_on_every_route_while_the_orgs_other_key
 #[tokio::test]
 async fn keys_add_api_key_writes_rate_per_minute_and_credits_and_a_real_server_applies_them() {
     // Arrange
-    let dir = tempfile::tempdir().unwrap();
-    let init = cli(dir.path(), &["keys", "init"]);
-    let dev_key = init.lines().last().unwrap().trim().to_owned();
+    let (dir, dev_key) = init_keys();
 
     // Act
-    let output = cli(
-        dir.path(),
-        &[
-            "keys",
-            "add-api-key",
-            "--org",
-            "acme",
-            "--rate-per-minute",
-            "3",
-            "--credits",
-            "10",
-        ],
-    );
-    let acme_key = output.lines().last().unwrap().trim().to_owned();
+    let rate_and_credits = ["--rate-per-minute", "3", "--credits", "10"];
+    let acme_key = add_api_key(dir.path(), "acme", &[], &rate_and_credits);
 
     // Assert: the record in api_keys.json.
     let file: Value =
@@ -630,7 +595,7 @@ async fn credits_are_spent_by_redemptions_and_a_spent_org_can_neither_mint_nor_r
 ) {
     // Arrange: org "acme" with 2 credits.
     let app = spawn_app().await;
-    let acme = app.add_api_key_with(new_key(
+    let acme = app.add_api_key_with(new_api_key(
         "acme",
         &[Scope::Mint, Scope::Redeem],
         None,
@@ -680,7 +645,7 @@ async fn credits_are_spent_by_redemptions_and_a_spent_org_can_neither_mint_nor_r
     );
 
     // Topping up (another acme key with 3 credits; the allowance is the largest) lets it through.
-    app.add_api_key_with(new_key("acme", &[Scope::Mint], None, Some(3)));
+    app.add_api_key_with(new_api_key("acme", &[Scope::Mint], None, Some(3)));
     assert_eq!(usage(client, base, &acme).await["credits_remaining"], 1);
     let redeemed = redeem(client, base, &acme, &tokens[2]).await;
     assert_eq!(redeemed.status, StatusCode::OK, "{}", redeemed.text);
@@ -720,7 +685,7 @@ async fn an_org_without_credits_is_unlimited_and_shows_credits_remaining_null() 
 async fn thirty_concurrent_redemptions_against_ten_credits_get_exactly_ten_200s_and_twenty_402s() {
     // Arrange
     let app = spawn_app().await;
-    let acme = app.add_api_key_with(new_key(
+    let acme = app.add_api_key_with(new_api_key(
         "acme",
         &[Scope::Mint, Scope::Redeem],
         None,
@@ -782,7 +747,7 @@ async fn concurrent_redemptions_of_one_unpaid_token_are_all_refused_for_credit_n
             ..Options::default()
         })
         .await;
-        let acme = app.add_api_key_with(new_key(
+        let acme = app.add_api_key_with(new_api_key(
             "acme",
             &[Scope::Mint, Scope::Redeem],
             None,
@@ -825,7 +790,7 @@ async fn concurrent_redemptions_of_one_unpaid_token_are_all_refused_for_credit_n
 async fn usage_requires_an_api_key_and_reports_only_the_callers_org() {
     // Arrange
     let app = spawn_app().await;
-    let beta = app.add_api_key_with(new_key("beta", &[Scope::Mint], None, Some(7)));
+    let beta = app.add_api_key_with(new_api_key("beta", &[Scope::Mint], None, Some(7)));
     let gateway = app.add_api_key("gamma", &[Scope::Redeem]);
     let token = app.mint_token(json!({})).await;
     assert_eq!(app.redeem(&token).await.status(), StatusCode::OK);
@@ -905,24 +870,13 @@ async fn two_server_processes_on_one_redis_spend_one_shared_credit_balance() {
         return;
     };
     // Arrange: org acme with 4 credits, two servers on the same Redis and prefix.
-    let keys = tempfile::tempdir().unwrap();
-    cli(keys.path(), &["keys", "init"]);
-    let output = cli(
+    let (keys, _) = init_keys();
+    let key = add_api_key(
         keys.path(),
-        &[
-            "keys",
-            "add-api-key",
-            "--org",
-            "acme",
-            "--scope",
-            "mint",
-            "--scope",
-            "redeem",
-            "--credits",
-            "4",
-        ],
+        "acme",
+        &["mint", "redeem"],
+        &["--credits", "4"],
     );
-    let key = output.lines().last().unwrap().trim().to_owned();
     let url = redis.url();
     let prefix = format!("test-{}", uuid::Uuid::new_v4());
     let env = [

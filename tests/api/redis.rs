@@ -14,6 +14,7 @@ use tokio::sync::Barrier;
 use crate::support::app::{
     error_code, redis_settings, spawn_app_with, spawn_app_with_redis, Options, TestApp,
 };
+use crate::support::outcomes::{outcome, tally};
 use crate::support::process::{cli, ServerProcess};
 use crate::support::redis_server::{RedisReply, RedisServer};
 
@@ -45,24 +46,6 @@ impl Redemption {
     }
 }
 
-/// "200", or the status followed by the error code of the JSON envelope.
-async fn outcome(response: Result<Response, reqwest::Error>) -> String {
-    let response = match response {
-        Ok(response) => response,
-        Err(e) => return format!("request error: {e}"),
-    };
-    let status = response.status();
-    if status == StatusCode::OK {
-        return "200".into();
-    }
-    let text = response.text().await.unwrap_or_default();
-    let code = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|body| body["error"]["code"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("non-envelope body {text:?}"));
-    format!("{} {code}", status.as_u16())
-}
-
 /// Fires every redemption at the same moment (one task each, released together by a barrier)
 /// and returns the outcomes in the order given.
 async fn redeem_all_at_once(redemptions: Vec<Redemption>) -> Vec<String> {
@@ -87,14 +70,6 @@ async fn redeem_all_at_once(redemptions: Vec<Redemption>) -> Vec<String> {
         outcomes.push(task.await.expect("redemption task panicked"));
     }
     outcomes
-}
-
-fn tally<'a>(outcomes: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for outcome in outcomes {
-        *counts.entry(outcome.clone()).or_insert(0) += 1;
-    }
-    counts
 }
 
 fn exactly_one_success(total: usize) -> BTreeMap<String, usize> {

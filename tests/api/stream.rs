@@ -13,15 +13,13 @@ use std::time::Duration;
 use actix_web::{test as actix_test, web, App, HttpResponse};
 use chrono::Utc;
 use futures::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use streamtoken::admission::redeem::Redeemer;
 use streamtoken::gateway::Redeemed;
-use streamtoken::keys::admin::{self, NewApiKey};
 use streamtoken::settings::StreamSettings;
 use streamtoken::tenancy::api_keys::Scope;
-use streamtoken::tenancy::org::Org;
 use streamtoken::token::mint::MintRequest;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
@@ -32,11 +30,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
-use uuid::Uuid;
 
-use crate::support::app::{redis_settings, spawn_app, spawn_app_with, Options, TestApp};
+use crate::support::app::{
+    new_api_key, spawn_app, spawn_app_with, spawn_app_with_redis, Options, TestApp,
+};
 use crate::support::fields::{keys_of, now, parse_rfc3339, set};
-use crate::support::process::{cli, ServerProcess};
+use crate::support::forge::{sign, valid_claims};
+use crate::support::keys::init_keys;
+use crate::support::process::ServerProcess;
 use crate::support::redis_server::RedisServer;
 
 // ---------------------------------------------------------------------------------------------
@@ -144,6 +145,19 @@ async fn drain(ws: &mut Ws) {
     }
 }
 
+/// Opens `url` and reads the session's `session_begins`; returns both.
+async fn begin(url: &str) -> (Ws, Value) {
+    let mut ws = open(url).await;
+    let begins = expect_session_begins(&mut ws).await;
+    (ws, begins)
+}
+
+/// A session on a freshly minted token with the default claims, past its `session_begins`.
+async fn fresh_session(app: &TestApp) -> Ws {
+    let (token, _) = mint(app, json!({})).await;
+    begin(&query_url(app, &token)).await.0
+}
+
 /// Reads `session_begins`, asserting its exact shape, and returns it.
 async fn expect_session_begins(ws: &mut Ws) -> Value {
     let frame = text_json(&next_data(ws, FRAME_TIMEOUT).await);
@@ -229,21 +243,8 @@ async fn wait_for_close_frame_unread(ws: &Ws, within: Duration) {
 
 /// A token for this app's `iss`/`aud`, signed with a key the keyring does not hold.
 fn token_with_unknown_kid() -> String {
-    let now = now();
-    let claims = json!({
-        "iss": "streamtoken",
-        "aud": "streamtoken-gateway",
-        "org": "dev",
-        "token_type": "realtime",
-        "jti": Uuid::new_v4(),
-        "iat": now,
-        "exp": now + 60,
-        "max_session_duration_seconds": 3600,
-    });
-    let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some("nope".into());
     let secret = b"an-unknown-secret-of-at-least-32-bytes!!";
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
+    sign(&valid_claims(), Algorithm::HS256, "nope", secret)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,8 +259,7 @@ async fn a_valid_token_in_the_query_opens_a_session_that_begins_with_session_beg
     let (token, jti) = mint(&app, json!({"max_session_duration_seconds": 600})).await;
 
     // Act
-    let mut ws = open(&query_url(&app, &token)).await;
-    let begins = expect_session_begins(&mut ws).await;
+    let (mut ws, begins) = begin(&query_url(&app, &token)).await;
 
     // Assert
     assert_eq!(begins["session_id"], jti.as_str(), "{begins}");
@@ -285,9 +285,7 @@ async fn a_valid_token_in_the_query_opens_a_session_that_begins_with_session_beg
 async fn a_frame_of_64_kib_is_echoed_and_one_byte_more_ends_the_session_with_1009() {
     // Arrange
     let app = spawn_app().await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
 
     // Act + Assert
     assert_echoed(&mut ws, Message::binary(vec![7u8; 64 * 1024])).await;
@@ -302,9 +300,7 @@ async fn a_frame_of_64_kib_is_echoed_and_one_byte_more_ends_the_session_with_100
 async fn a_text_message_sent_in_fragments_is_echoed_whole() {
     // Arrange: RFC 6455 lets any client split a message into a first frame and continuations.
     let app = spawn_app().await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
     let fragments = [
         Frame::message("hello, ", OpCode::Data(Data::Text), false),
         Frame::message("fragmented ", OpCode::Data(Data::Continue), false),
@@ -336,8 +332,7 @@ async fn each_refused_token_gets_one_error_frame_and_the_close_code_of_its_reaso
     let app = spawn_app().await;
     let (used, _) = mint(&app, json!({})).await;
     // The first session stays open while the same token is presented again.
-    let mut first = open(&query_url(&app, &used)).await;
-    expect_session_begins(&mut first).await;
+    let (mut first, _) = begin(&query_url(&app, &used)).await;
     // Issued an hour ago with the default 60 s window: long past exp + the 5 s leeway.
     let expired = app.mint_at(MintRequest::default(), now() - 3600);
     let unknown_kid = token_with_unknown_kid();
@@ -377,8 +372,7 @@ async fn the_same_token_twice_gets_token_already_used_and_close_4003() {
     // Arrange
     let app = spawn_app().await;
     let (token, _) = mint(&app, json!({})).await;
-    let mut first = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut first).await;
+    let (mut first, _) = begin(&query_url(&app, &token)).await;
     first.close(None).await.unwrap();
     drain(&mut first).await;
 
@@ -396,18 +390,7 @@ async fn the_same_token_twice_gets_token_already_used_and_close_4003() {
 async fn a_token_of_an_org_without_credits_left_gets_insufficient_credits_and_close_4402() {
     // Arrange: org "acme" may redeem once.
     let app = spawn_app().await;
-    let key = admin::add_api_key(
-        app.keys_path(),
-        &NewApiKey {
-            org: Org::parse("acme").unwrap(),
-            name: "one credit".into(),
-            scopes: vec![Scope::Mint],
-            rate_per_minute: None,
-            credits: Some(1),
-        },
-    )
-    .unwrap();
-    app.reload_keys();
+    let key = app.add_api_key_with(new_api_key("acme", &[Scope::Mint], None, Some(1)));
     let mut tokens = Vec::new();
     for _ in 0..2 {
         let response = app.post_json("/v1/tokens", Some(&key), &json!({})).await;
@@ -415,8 +398,7 @@ async fn a_token_of_an_org_without_credits_left_gets_insufficient_credits_and_cl
         let body: Value = response.json().await.unwrap();
         tokens.push(body["token"].as_str().unwrap().to_owned());
     }
-    let mut first = open(&query_url(&app, &tokens[0])).await;
-    expect_session_begins(&mut first).await;
+    let (_first, _) = begin(&query_url(&app, &tokens[0])).await;
 
     // Act
     let mut second = open(&query_url(&app, &tokens[1])).await;
@@ -437,8 +419,7 @@ async fn a_session_closes_with_4008_when_max_session_duration_is_reached() {
     // Arrange
     let app = spawn_app().await;
     let (token, _) = mint(&app, json!({"max_session_duration_seconds": 2})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let (mut ws, _) = begin(&query_url(&app, &token)).await;
     let began = Instant::now();
 
     // Act
@@ -467,8 +448,7 @@ async fn a_session_outlives_the_redemption_window_of_its_token_and_ends_at_its_o
         json!({"expires_in_seconds": 1, "max_session_duration_seconds": 3}),
     )
     .await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let (mut ws, _) = begin(&query_url(&app, &token)).await;
     let began = Instant::now();
 
     // Act: listen for 2 s, check the token can no longer be redeemed, then use the session.
@@ -498,11 +478,7 @@ async fn while_redis_is_down_a_token_gets_1011_and_is_not_consumed() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let app = spawn_app_with(Options {
-        redis: Some(redis_settings(&redis.url())),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_redis(&redis.url()).await;
     let (token, jti) = mint(&app, json!({})).await;
     redis.kill();
 
@@ -529,8 +505,7 @@ async fn while_redis_is_down_a_token_gets_1011_and_is_not_consumed() {
         );
         sleep(POLL).await;
     }
-    let mut ws = open(&query_url(&app, &token)).await;
-    let begins = expect_session_begins(&mut ws).await;
+    let (mut ws, begins) = begin(&query_url(&app, &token)).await;
     assert_eq!(begins["session_id"], jti.as_str());
     assert_echoed(&mut ws, Message::text("after the outage")).await;
 }
@@ -633,8 +608,7 @@ async fn a_plain_http_get_is_refused_with_400_and_does_not_consume_the_token() {
     assert_eq!(keys_of(&body["error"]), set(&["code", "message"]), "{body}");
     assert_eq!(body["error"]["code"], "invalid_request", "{body}");
 
-    let mut ws = open(&query_url(&app, &token)).await;
-    let begins = expect_session_begins(&mut ws).await;
+    let (_ws, begins) = begin(&query_url(&app, &token)).await;
     assert_eq!(begins["session_id"], jti.as_str());
 }
 
@@ -653,9 +627,7 @@ fn one_second_idle_timeout() -> Options {
 async fn a_client_that_sends_nothing_not_even_a_pong_is_closed_with_4009_after_the_idle_timeout() {
     // Arrange
     let app = spawn_app_with(one_second_idle_timeout()).await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
     let began = Instant::now();
 
     // Act: the socket is not read, so the pings the server sends go unanswered.
@@ -676,9 +648,7 @@ async fn a_client_that_sends_nothing_not_even_a_pong_is_closed_with_4009_after_t
 async fn a_client_that_sends_a_frame_every_300_ms_stays_open_past_the_idle_timeout() {
     // Arrange
     let app = spawn_app_with(one_second_idle_timeout()).await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
     let began = Instant::now();
     let mut every = tokio::time::interval(Duration::from_millis(300));
 
@@ -698,9 +668,7 @@ async fn a_client_that_sends_a_frame_every_300_ms_stays_open_past_the_idle_timeo
 async fn a_client_that_only_answers_pings_stays_open_past_the_idle_timeout() {
     // Arrange: tungstenite answers each Ping with a Pong while the stream is read, as browsers do.
     let app = spawn_app_with(one_second_idle_timeout()).await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
     let began = Instant::now();
 
     // Act
@@ -714,9 +682,7 @@ async fn a_client_that_only_answers_pings_stays_open_past_the_idle_timeout() {
 async fn the_server_sends_heartbeat_pings_several_times_per_idle_period() {
     // Arrange: idle timeout 1 s, so a heartbeat every 333 ms.
     let app = spawn_app_with(one_second_idle_timeout()).await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
     let until = Instant::now() + Duration::from_millis(1_200);
 
     // Act
@@ -744,9 +710,7 @@ async fn the_server_sends_heartbeat_pings_several_times_per_idle_period() {
 async fn a_graceful_stop_closes_open_sessions_with_1001() {
     // Arrange
     let app = spawn_app().await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
     let started = Instant::now();
 
     // Act: the client must keep reading, so it answers the close and the server can finish.
@@ -774,15 +738,6 @@ async fn a_graceful_stop_closes_open_sessions_with_1001() {
     );
 }
 
-/// `keys init` in a fresh directory; returns it with the dev API key (the last line printed).
-fn init_keys() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = cli(dir.path(), &["keys", "init"]);
-    let api_key = out.lines().last().unwrap().trim().to_owned();
-    assert!(api_key.starts_with("st_"), "keys init printed:\n{out}");
-    (dir, api_key)
-}
-
 async fn mint_on(server: &ServerProcess, api_key: &str) -> String {
     let response = reqwest::Client::new()
         .post(server.url("/v1/tokens"))
@@ -803,8 +758,7 @@ async fn sigterm_closes_open_sessions_with_1001_and_the_process_exits_0() {
     let mut server = ServerProcess::spawn(dir.path(), &[]);
     let token = mint_on(&server, &api_key).await;
     let url = ws_url(&server.address, &format!("{STREAM}?token={token}"));
-    let mut ws = open(&url).await;
-    expect_session_begins(&mut ws).await;
+    let (mut ws, _) = begin(&url).await;
 
     // Act
     server.signal("TERM");
@@ -836,8 +790,7 @@ async fn the_access_log_of_the_real_binary_redacts_the_stream_token() {
     let url = ws_url(&server.address, &format!("{STREAM}?token={token}"));
 
     // Act: one session, then the same token refused; both connections run to their end.
-    let mut ws = open(&url).await;
-    expect_session_begins(&mut ws).await;
+    let (mut ws, _) = begin(&url).await;
     ws.close(None).await.unwrap();
     drain(&mut ws).await;
     let mut again = open(&url).await;
