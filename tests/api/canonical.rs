@@ -20,14 +20,11 @@ use crate::support::forge::{
     decode_segment, decode_token, encode_segment, sign, valid_claims, Forge,
 };
 use crate::support::keys::active_kid;
+use crate::support::routes::{INTROSPECT, MINT, REDEEM};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-const MINT: &str = "/v1/tokens";
-const REDEEM: &str = "/v1/tokens/redeem";
-const INTROSPECT: &str = "/v1/tokens/introspect";
 
 /// The claims of a token the app minted, asserting its header: HS256 under the active kid.
 fn minted_claims(app: &TestApp, token: &str) -> Value {
@@ -39,22 +36,14 @@ fn minted_claims(app: &TestApp, token: &str) -> Value {
     claims
 }
 
-/// POSTs `body` verbatim with the app's key, so JSON the `json!` macro would normalise (`1e3`,
-/// `{bad`) reaches the server as written.
+/// `TestApp::raw_post`, sent.
 async fn post_raw(
     app: &TestApp,
     path: &str,
     content_type: Option<&str>,
     body: impl Into<reqwest::Body>,
 ) -> Response {
-    let mut request = app
-        .client
-        .post(app.url(path))
-        .bearer_auth(&app.api_key)
-        .body(body);
-    if let Some(content_type) = content_type {
-        request = request.header("content-type", content_type);
-    }
+    let request = app.raw_post(path, content_type, body);
     request.send().await.expect("request failed")
 }
 

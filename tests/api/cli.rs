@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::support::forge::kid_of;
 use crate::support::keys::{
-    active_kid, add_api_key, init_keys, is_api_key, last_line, signing_secret,
+    active_kid, add_api_key, add_api_key_stdout, init_keys, is_api_key, last_line, signing_secret,
 };
 use crate::support::log_capture::looks_secret;
 use crate::support::process::{cli, ServerProcess, BIN};
@@ -121,21 +121,7 @@ fn keys_add_api_key_prints_the_key_alone_as_the_last_line() {
     let (dir, _) = init_keys();
 
     // Act
-    let out = cli(
-        dir.path(),
-        &[
-            "keys",
-            "add-api-key",
-            "--org",
-            "acme",
-            "--scope",
-            "mint",
-            "--scope",
-            "redeem",
-            "--name",
-            "ci",
-        ],
-    );
+    let out = add_api_key_stdout(dir.path(), "acme", &["mint", "redeem"], &["--name", "ci"]);
 
     // Assert
     let key = last_line(&out);

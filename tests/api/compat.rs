@@ -5,7 +5,6 @@
 //! and error body is asserted, every numeric parameter is pushed over its edges, and every token
 //! is redeemed through the canonical `/v1/tokens/redeem`.
 
-use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use streamtoken::settings::CompatFamilies;
@@ -14,19 +13,14 @@ use streamtoken::tenancy::api_keys::Scope;
 use crate::support::app::{spawn_app, spawn_app_with, Options, TestApp};
 use crate::support::fields::{keys_of, now, set, BASE_CLAIMS, REDEEM_RESPONSE_FIELDS};
 use crate::support::forge::claims_of;
+use crate::support::reply::Reply;
+use crate::support::routes::{
+    ASSEMBLYAI, CHAT, CHAT_ALIAS, ELEVENLABS_SCRIBE, ELEVENLABS_TTS, MINT, STREAM_TOKEN,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-const ASSEMBLYAI: &str = "/v3/token";
-const ELEVENLABS_SCRIBE: &str = "/v1/single-use-token/realtime_scribe";
-const ELEVENLABS_TTS: &str = "/v1/single-use-token/tts_websocket";
-const STREAM: &str = "/api/v1/token";
-const CHAT: &str = "/api/v1/chat/token";
-/// The chat page's Node example calls this (a typo on the page, served as an alias).
-const CHAT_ALIAS: &str = "/api/api/v1/chat/token";
-const MINT: &str = "/v1/tokens";
 
 const UNAUTHORIZED: &str = "Unauthorized. Please provide a valid secret key.";
 const INVALID_TTL: &str = "Invalid TTL value. Must be between 1 and 300 seconds";
@@ -51,80 +45,25 @@ fn chat_body() -> Value {
     json!({"chatbotId": "CHATBOT-ID", "sessionId": "RANDOM-STRING"})
 }
 
-/// A response read in full. Building one asserts the status is not a 5xx and the body is JSON.
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    text: String,
-    body: Value,
-}
-
+/// Reads a reply (see `Reply::read`) that must carry a JSON body: every route here answers in one.
 async fn reply(response: Response, description: &str) -> Reply {
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.expect("a body");
+    let reply = Reply::read(response, description).await;
     assert!(
-        !status.is_server_error(),
-        "{description}: got {status}: {text}"
+        !reply.text.is_empty(),
+        "{description}: an empty body, not JSON"
     );
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{description}: the body is not JSON ({e}): {text:?}"));
-    Reply {
-        status,
-        headers,
-        text,
-        body,
-    }
+    reply
 }
 
 async fn send(request: RequestBuilder, description: &str) -> Reply {
     reply(request.send().await.expect("request failed"), description).await
 }
 
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-
-    /// What every answer that carries a token, or refuses to mint one, must say to caches.
-    fn assert_no_store(&self, description: &str) {
-        assert_eq!(
-            self.header("cache-control"),
-            Some("no-store"),
-            "{description}"
-        );
-    }
-
-    /// A successful mint in `route`'s documented body (see `assert_minted` and
-    /// `Route::success`): the token and the lifetime the body reports.
-    fn minted(&self, route: Route, description: &str) -> (String, Option<i64>) {
-        self.assert_minted(description);
-        route.success(&self.body, description)
-    }
-
-    /// What every successful minting response carries: JSON, `Cache-Control: no-store`, and the
-    /// rate-limit headers as integers.
-    fn assert_minted(&self, description: &str) {
-        assert_eq!(self.status, StatusCode::OK, "{description}: {}", self.text);
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{description}"
-        );
-        self.assert_no_store(description);
-        let number = |name: &str| -> u64 {
-            self.header(name)
-                .unwrap_or_else(|| panic!("{description}: no {name} header"))
-                .parse()
-                .unwrap_or_else(|e| panic!("{description}: {name} is not an integer: {e}"))
-        };
-        let limit = number("x-ratelimit-limit");
-        let remaining = number("x-ratelimit-remaining");
-        assert!(
-            remaining < limit,
-            "{description}: remaining {remaining} < limit {limit}"
-        );
-    }
+/// A successful mint (see `Reply::assert_minted`) in `route`'s documented body (see
+/// `Route::success`): the token and the lifetime the body reports.
+fn minted_token(reply: &Reply, route: Route, description: &str) -> (String, Option<i64>) {
+    reply.assert_minted(description);
+    route.success(&reply.body, description)
 }
 
 /// One minimal valid request per compatibility route (and the chat alias), so that tables can
@@ -166,7 +105,7 @@ impl Route {
                 .client
                 .get(app.url(&format!("{ASSEMBLYAI}?expires_in_seconds=60"))),
             Route::ElevenLabs => app.client.post(app.url(ELEVENLABS_SCRIBE)),
-            Route::Stream => app.client.get(app.url(STREAM)),
+            Route::Stream => app.client.get(app.url(STREAM_TOKEN)),
             Route::ChatGet => app.client.get(app.url(CHAT)),
             Route::ChatPost => app.client.post(app.url(CHAT)).json(&chat_body()),
             Route::ChatAlias => app.client.get(app.url(CHAT_ALIAS)),
@@ -354,7 +293,7 @@ async fn the_assemblyai_pages_examples_return_200_with_token_and_expires_in_seco
         .await;
 
         // Assert
-        let (token, reported) = reply.minted(Route::AssemblyAi, description);
+        let (token, reported) = minted_token(&reply, Route::AssemblyAi, description);
         assert_eq!(reported, Some(60), "{description}");
         let claims = claims_of(&token);
         assert_eq!(claims["token_type"], "realtime", "{description}");
@@ -396,7 +335,7 @@ async fn the_elevenlabs_pages_examples_return_200_with_only_a_token() {
         let reply = send(request, description).await;
 
         // Assert
-        let (token, _) = reply.minted(Route::ElevenLabs, description);
+        let (token, _) = minted_token(&reply, Route::ElevenLabs, description);
         let claims = claims_of(&token);
         assert_eq!(claims["token_type"], token_type, "{description}");
         assert_eq!(lifetime(&claims), FIFTEEN_MINUTES, "{description}");
@@ -422,14 +361,14 @@ async fn the_stream_token_pages_examples_return_200_with_success_token_and_ttl()
         // Act
         let reply = send(
             app.client
-                .get(app.url(&format!("{STREAM}?{query}")))
+                .get(app.url(&format!("{STREAM_TOKEN}?{query}")))
                 .header("authorization", format!("Bearer {}", app.api_key)),
             description,
         )
         .await;
 
         // Assert
-        let (token, reported) = reply.minted(Route::Stream, description);
+        let (token, reported) = minted_token(&reply, Route::Stream, description);
         assert_eq!(reported, Some(ttl), "{description}");
         let claims = claims_of(&token);
         assert_eq!(claims["token_type"], "stream", "{description}");
@@ -474,7 +413,7 @@ async fn the_chat_pages_examples_with_an_api_key_return_200_with_success_token_a
         let reply = send(request, description).await;
 
         // Assert
-        let (token, reported) = reply.minted(route, description);
+        let (token, reported) = minted_token(&reply, route, description);
         assert_eq!(reported, Some(expires_in), "{description}");
         let claims = claims_of(&token);
         assert_eq!(claims["token_type"], "chat", "{description}");
@@ -540,7 +479,7 @@ async fn the_stream_token_route_answers_401_with_the_pages_body_word_for_word() 
 
     for (header, query, description) in cases {
         // Act
-        let mut request = app.client.get(app.url(&format!("{STREAM}?{query}")));
+        let mut request = app.client.get(app.url(&format!("{STREAM_TOKEN}?{query}")));
         if let Some((name, value)) = header {
             request = request.header(name, value);
         }
@@ -621,7 +560,7 @@ async fn every_compat_route_accepts_each_of_the_three_api_key_header_forms() {
             let reply = send(route.request(&app).header(*name, value), &description).await;
 
             // Assert
-            let (token, _) = reply.minted(route, &description);
+            let (token, _) = minted_token(&reply, route, &description);
             assert_eq!(claims_of(&token)["org"], "dev", "{description}");
         }
     }
@@ -772,7 +711,7 @@ async fn assemblyai_expires_in_seconds_accepts_1_to_600_and_refuses_every_other_
         // Assert
         match accepted {
             Some(value) => {
-                let (token, reported) = reply.minted(Route::AssemblyAi, &description);
+                let (token, reported) = minted_token(&reply, Route::AssemblyAi, &description);
                 assert_eq!(reported, Some(i64::from(value)), "{description}");
                 let claims = claims_of(&token);
                 assert_eq!(lifetime(&claims), i64::from(value), "{description}");
@@ -810,7 +749,7 @@ async fn assemblyai_max_session_duration_seconds_accepts_60_to_10800_and_refuses
         // Assert
         match accepted {
             Some(value) => {
-                let (token, reported) = reply.minted(Route::AssemblyAi, &description);
+                let (token, reported) = minted_token(&reply, Route::AssemblyAi, &description);
                 assert_eq!(reported, Some(30), "{description}");
                 let claims = claims_of(&token);
                 assert_eq!(lifetime(&claims), 30, "{description}");
@@ -867,7 +806,7 @@ async fn stream_ttl_accepts_1_to_300_and_refuses_every_other_value_with_400_inva
         // Act
         let reply = send(
             app.client
-                .get(app.url(&format!("{STREAM}?{query}")))
+                .get(app.url(&format!("{STREAM_TOKEN}?{query}")))
                 .bearer_auth(&app.api_key),
             &description,
         )
@@ -876,7 +815,7 @@ async fn stream_ttl_accepts_1_to_300_and_refuses_every_other_value_with_400_inva
         // Assert
         match accepted {
             Some(value) => {
-                let (token, reported) = reply.minted(Route::Stream, &description);
+                let (token, reported) = minted_token(&reply, Route::Stream, &description);
                 assert_eq!(reported, Some(i64::from(value)), "{description}");
                 assert_eq!(
                     lifetime(&claims_of(&token)),
@@ -927,7 +866,7 @@ async fn chat_ttl_accepts_1_to_300_and_refuses_every_other_value_with_400_invali
             // Assert
             match accepted {
                 Some(value) => {
-                    let (token, reported) = reply.minted(route, &description);
+                    let (token, reported) = minted_token(&reply, route, &description);
                     assert_eq!(reported, Some(i64::from(value)), "{description}");
                     assert_eq!(
                         lifetime(&claims_of(&token)),
@@ -963,7 +902,7 @@ async fn tokens_from_every_compat_route_redeem_once_and_carry_the_routes_claims(
         (Route::AssemblyAi, get("/v3/token?expires_in_seconds=600&max_session_duration_seconds=60"), "realtime", 600, 60, None, "AssemblyAI with both parameters"),
         (Route::ElevenLabs, post(ELEVENLABS_SCRIBE), "realtime_scribe", FIFTEEN_MINUTES, 3600, None, "ElevenLabs realtime_scribe"),
         (Route::ElevenLabs, post(ELEVENLABS_TTS), "tts_websocket", FIFTEEN_MINUTES, 3600, None, "ElevenLabs tts_websocket"),
-        (Route::Stream, get(STREAM), "stream", 60, 3600, None, "stream with the default ttl"),
+        (Route::Stream, get(STREAM_TOKEN), "stream", 60, 3600, None, "stream with the default ttl"),
         (Route::Stream, get("/api/v1/token?ttl=7"), "stream", 7, 3600, None, "stream with ttl=7"),
         (Route::ChatGet, get(CHAT), "chat", 60, 3600, None, "chat GET with the default ttl"),
         (Route::ChatAlias, get("/api/api/v1/chat/token?ttl=17"), "chat", 17, 3600, None, "chat GET on the alias with ttl=17"),
@@ -979,7 +918,7 @@ async fn tokens_from_every_compat_route_redeem_once_and_carry_the_routes_claims(
         let after = now();
 
         // Assert: the token
-        let (token, reported) = minted.minted(route, description);
+        let (token, reported) = minted_token(&minted, route, description);
         if let Some(reported) = reported {
             assert_eq!(reported, window, "{description}");
         }
@@ -1092,14 +1031,7 @@ async fn chat_post_bodies_are_bound_into_ctx_or_refused_in_the_chat_envelope() {
     ];
 
     for (content_type, body, expected_status, expected, description) in cases {
-        let mut request = app
-            .client
-            .post(app.url(CHAT))
-            .bearer_auth(&app.api_key)
-            .body(body);
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
+        let request = app.raw_post(CHAT, content_type, body);
 
         // Act
         let reply = send(request, description).await;
@@ -1112,7 +1044,7 @@ async fn chat_post_bodies_are_bound_into_ctx_or_refused_in_the_chat_envelope() {
         );
         match expected {
             Ok(ctx) => {
-                let (token, _) = reply.minted(Route::ChatPost, description);
+                let (token, _) = minted_token(&reply, Route::ChatPost, description);
                 assert_eq!(claims_of(&token).get("ctx"), ctx.as_ref(), "{description}");
             }
             Err(code) => {
@@ -1151,7 +1083,7 @@ async fn each_compat_family_can_be_served_alone_while_the_others_answer_404() {
 
             // Assert
             if route.family() == family {
-                reply.minted(route, &description);
+                minted_token(&reply, route, &description);
             } else {
                 assert_not_found(&reply, &description);
             }
@@ -1209,7 +1141,7 @@ async fn a_wrong_method_on_a_compat_route_answers_405_in_that_routes_envelope() 
         // (method, path, envelope check, description)
         (reqwest::Method::POST, "/v3/token?expires_in_seconds=60", &assemblyai, "POST /v3/token, as the AssemblyAI guide's prose says"),
         (reqwest::Method::GET, ELEVENLABS_SCRIBE, &elevenlabs, "GET on the ElevenLabs route"),
-        (reqwest::Method::PUT, STREAM, &stream, "PUT on the stream-token route"),
+        (reqwest::Method::PUT, STREAM_TOKEN, &stream, "PUT on the stream-token route"),
         (reqwest::Method::DELETE, CHAT, &chat, "DELETE on the chat route"),
         (reqwest::Method::PATCH, CHAT_ALIAS, &chat, "PATCH on the chat alias"),
     ];

@@ -81,6 +81,16 @@ fn request(
     request
 }
 
+/// A request with the dev key to each minting route: `(description, request)`.
+fn minting_requests(app: &TestApp) -> Vec<(&'static str, RequestBuilder)> {
+    minting_routes()
+        .into_iter()
+        .map(|(description, method, path, body)| {
+            (description, request(app, method, path, body.as_ref(), true))
+        })
+        .collect()
+}
+
 fn cache_control(headers: &HeaderMap) -> Option<&str> {
     headers.get("cache-control").map(|v| v.to_str().unwrap())
 }
@@ -91,12 +101,9 @@ async fn every_response_that_carries_a_token_is_cache_control_no_store() {
     let app = spawn_app().await;
     let mut failures = Vec::new();
 
-    for (description, method, path, body) in minting_routes() {
+    for (description, request) in minting_requests(&app) {
         // Act
-        let response = request(&app, method, path, body.as_ref(), true)
-            .send()
-            .await
-            .unwrap();
+        let response = request.send().await.unwrap();
 
         // Assert
         let status = response.status();
@@ -330,13 +337,9 @@ async fn a_request_with_an_origin_gets_no_access_control_allow_origin() {
     let app = spawn_app().await;
     let mut failures = Vec::new();
 
-    for (description, method, path, body) in minting_routes() {
+    for (description, request) in minting_requests(&app) {
         // Act
-        let response = request(&app, method, path, body.as_ref(), true)
-            .header("Origin", EVIL_ORIGIN)
-            .send()
-            .await
-            .unwrap();
+        let response = request.header("Origin", EVIL_ORIGIN).send().await.unwrap();
 
         // Assert: the request is served (CORS is the browser's business), but nothing allows
         // a script on another origin to read the answer.

@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use streamtoken::token::mint::MintRequest;
+use tempfile::TempDir;
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -120,6 +121,17 @@ async fn app_on(redis: &RedisServer, timeout: Duration, require_persistence: boo
         ..Options::default()
     })
     .await
+}
+
+/// `app_on`, and a redeemer for that app.
+async fn app_and_redeemer_on(
+    redis: &RedisServer,
+    timeout: Duration,
+    require_persistence: bool,
+) -> (TestApp, Redeemer) {
+    let app = app_on(redis, timeout, require_persistence).await;
+    let redeemer = Redeemer::of_app(&app);
+    (app, redeemer)
 }
 
 /// Mints `n` default tokens (60 s) straight from the app's keyring: fast, and no HTTP involved.
@@ -510,8 +522,7 @@ async fn a_redis_restart_without_persistence_forgets_consumed_tokens_which_is_wh
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let app = app_on(&redis, STORE_TIMEOUT, false).await;
-    let redeemer = Redeemer::of_app(&app);
+    let (app, redeemer) = app_and_redeemer_on(&redis, STORE_TIMEOUT, false).await;
     let token = mint_many(&app, 1).remove(0);
     assert_eq!(redeemer.redeem(&token).await, ACCEPTED);
     assert_eq!(redeemer.redeem(&token).await, ALREADY_USED);
@@ -540,8 +551,7 @@ async fn strict_mode_refuses_redemption_until_redis_persists_every_write_without
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let app = app_on(&redis, STORE_TIMEOUT, true).await;
-    let redeemer = Redeemer::of_app(&app);
+    let (app, redeemer) = app_and_redeemer_on(&redis, STORE_TIMEOUT, true).await;
     let (token, jti) = mint_with_jti(&app).await;
 
     // Act + Assert: refused, not consumed, not ready.
@@ -647,8 +657,7 @@ async fn strict_mode_refuses_redemption_as_soon_as_redis_comes_back_without_pers
     let Some(mut redis) = RedisServer::start_with(&AOF_ALWAYS) else {
         return;
     };
-    let app = app_on(&redis, STORE_TIMEOUT, true).await;
-    let redeemer = Redeemer::of_app(&app);
+    let (app, redeemer) = app_and_redeemer_on(&redis, STORE_TIMEOUT, true).await;
     let token = mint_many(&app, 1).remove(0);
     assert_eq!(redeemer.redeem(&token).await, ACCEPTED);
 
@@ -686,21 +695,25 @@ async fn strict_mode_refuses_redemption_as_soon_as_redis_comes_back_without_pers
 
 const LOG_DEADLINE: Duration = Duration::from_secs(5);
 
+/// A real server on `redis` (and its keys directory), and its start-up line containing `needle`.
+fn start_up_line(redis: &RedisServer, needle: &str) -> (TempDir, ServerProcess, String) {
+    let (dir, _) = init_keys();
+    let server = serve_on(dir.path(), redis, &[]);
+    let line = tokio::task::block_in_place(|| server.wait_for_log(needle, LOG_DEADLINE));
+    (dir, server, line)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_on_redis_without_persistence_warns_at_start_up_that_a_restart_forgets_tokens() {
     // Arrange
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (dir, _) = init_keys();
 
     // Act
-    let server = serve_on(dir.path(), &redis, &[]);
+    let (_dir, _server, line) = start_up_line(&redis, "Redis persistence is off");
 
     // Assert
-    let line = tokio::task::block_in_place(|| {
-        server.wait_for_log("Redis persistence is off", LOG_DEADLINE)
-    });
     assert!(line.contains("WARN"), "{line}");
     assert!(
         line.contains("STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE"),
@@ -717,14 +730,11 @@ async fn a_server_on_redis_with_a_periodic_fsync_warns_that_a_crash_can_forget_t
     else {
         return;
     };
-    let (dir, _) = init_keys();
 
     // Act
-    let server = serve_on(dir.path(), &redis, &[]);
+    let (_dir, _server, line) = start_up_line(&redis, "appendfsync everysec");
 
     // Assert
-    let line =
-        tokio::task::block_in_place(|| server.wait_for_log("appendfsync everysec", LOG_DEADLINE));
     assert!(line.contains("WARN"), "{line}");
 }
 
@@ -734,14 +744,11 @@ async fn a_server_on_an_fsync_always_redis_logs_at_start_up_that_single_use_surv
     let Some(redis) = RedisServer::start_with(&AOF_ALWAYS) else {
         return;
     };
-    let (dir, _) = init_keys();
 
     // Act
-    let server = serve_on(dir.path(), &redis, &[]);
+    let (_dir, server, line) = start_up_line(&redis, "appendfsync always");
 
     // Assert
-    let line =
-        tokio::task::block_in_place(|| server.wait_for_log("appendfsync always", LOG_DEADLINE));
     assert!(line.contains("INFO"), "{line}");
     assert!(
         !server.log_text().contains("Redis persistence is off"),
@@ -826,8 +833,7 @@ async fn while_redis_is_paused_two_hundred_concurrent_redemptions_each_fail_fast
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let app = app_on(&redis, STORE_TIMEOUT, false).await;
-    let redeemer = Redeemer::of_app(&app);
+    let (app, redeemer) = app_and_redeemer_on(&redis, STORE_TIMEOUT, false).await;
     let tokens = mint_many(&app, 200);
     assert_eq!(readiness(&app).await, ACCEPTED, "the connection is open");
 
@@ -851,8 +857,7 @@ async fn a_shorter_store_timeout_makes_paused_redemptions_answer_503_sooner() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let app = app_on(&redis, Duration::from_millis(200), false).await;
-    let redeemer = Redeemer::of_app(&app);
+    let (app, redeemer) = app_and_redeemer_on(&redis, Duration::from_millis(200), false).await;
     let tokens = mint_many(&app, 200);
     assert_eq!(readiness(&app).await, ACCEPTED, "the connection is open");
 

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use streamtoken::settings::RateQuota;
@@ -25,6 +24,7 @@ use crate::support::log_capture::looks_secret;
 use crate::support::outcomes::tally;
 use crate::support::process::ServerProcess;
 use crate::support::redis_server::RedisServer;
+use crate::support::reply::{self, Reply};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -50,71 +50,9 @@ const NO_CREDITS_PAGE_MESSAGE: &str =
     "No credits remaining. Please add credits to continue using the service.";
 const NO_CREDITS_MESSAGE: &str = "no credits remaining for this organisation";
 
-/// A response read in full. Building one asserts it is not a 5xx.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    text: String,
-    /// The body as JSON; `Null` when empty.
-    body: Value,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-
-    /// A header that must be a whole number when present.
-    fn number(&self, name: &str) -> Option<u64> {
-        self.header(name).map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}: {v:?} is not a whole number"))
-        })
-    }
-
-    /// `(x-ratelimit-limit, x-ratelimit-remaining)`.
-    fn quota(&self) -> (Option<u64>, Option<u64>) {
-        (
-            self.number("x-ratelimit-limit"),
-            self.number("x-ratelimit-remaining"),
-        )
-    }
-
-    /// "200", or the status and the error code whichever envelope carried it.
-    fn outcome(&self) -> String {
-        if self.status == StatusCode::OK {
-            return "200".into();
-        }
-        let code = self.body["error"]["code"]
-            .as_str()
-            .or(self.body["code"].as_str())
-            .or(self.body["detail"]["status"].as_str())
-            .unwrap_or("-");
-        format!("{} {code}", self.status.as_u16())
-    }
-}
-
+/// Every request of this file goes through here, so none may be answered with a 5xx.
 async fn send(request: RequestBuilder) -> Reply {
-    let response = request.send().await.expect("request failed");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.expect("a readable body");
-    assert!(
-        !status.is_server_error(),
-        "no request may be answered with a 5xx; got {status}: {text}"
-    );
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
-    };
-    Reply {
-        status,
-        headers,
-        text,
-        body,
-    }
+    reply::send(request, "no request may be answered with a 5xx").await
 }
 
 /// A minting route, with the request and the bodies its vendor's clients expect.

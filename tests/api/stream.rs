@@ -39,6 +39,7 @@ use crate::support::forge::{sign, valid_claims};
 use crate::support::keys::init_keys;
 use crate::support::process::ServerProcess;
 use crate::support::redis_server::RedisServer;
+use crate::support::routes::STREAM;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -46,7 +47,6 @@ use crate::support::redis_server::RedisServer;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-const STREAM: &str = "/v1/stream";
 /// Longest wait for a frame the server should send promptly.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two looks at a condition (never for correctness).

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use reqwest::{Response, StatusCode};
+use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use streamtoken::http::{server::Application, state::AppState};
 use streamtoken::keys::admin::{self, NewApiKey};
@@ -121,6 +121,25 @@ impl TestApp {
             request = request.bearer_auth(key);
         }
         request.send().await.expect("request failed")
+    }
+
+    /// A POST of `body` verbatim with this app's key, so JSON the `json!` macro would normalise
+    /// (`1e3`, `{bad`) reaches the server as written.
+    pub fn raw_post(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> RequestBuilder {
+        let request = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(&self.api_key)
+            .body(body);
+        match content_type {
+            Some(content_type) => request.header("content-type", content_type),
+            None => request,
+        }
     }
 
     pub async fn mint(&self, body: Value) -> Response {

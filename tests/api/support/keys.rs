@@ -45,12 +45,17 @@ pub fn init_keys() -> (TempDir, String) {
 /// `keys add-api-key --org <org> --scope <scope>…` followed by `extra` flags (`--name`,
 /// `--credits`, …); returns the new key.
 pub fn add_api_key(dir: &Path, org: &str, scopes: &[&str], extra: &[&str]) -> String {
+    printed_key(&add_api_key_stdout(dir, org, scopes, extra))
+}
+
+/// What `add_api_key` runs, and all it printed.
+pub fn add_api_key_stdout(dir: &Path, org: &str, scopes: &[&str], extra: &[&str]) -> String {
     let mut args = vec!["keys", "add-api-key", "--org", org];
     for scope in scopes {
         args.extend(["--scope", scope]);
     }
     args.extend_from_slice(extra);
-    printed_key(&cli(dir, &args))
+    cli(dir, &args)
 }
 
 pub fn active_kid(dir: &Path) -> String {

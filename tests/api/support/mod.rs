@@ -7,3 +7,5 @@ pub mod outcomes;
 pub mod process;
 pub mod raw_http;
 pub mod redis_server;
+pub mod reply;
+pub mod routes;
