@@ -942,11 +942,17 @@ async fn a_server_process_keeps_its_memory_flat_through_two_thousand_redemptions
     let server = serve_on(dir.path(), &redis, &[]);
     let redeemer = Redeemer::of_process(&server, &api_key);
     // Warm-up of the same shape (400 concurrent against a paused Redis), so the baseline
-    // includes connections, buffers and allocator arenas sized for the load.
+    // includes connections, buffers and allocator arenas sized for the load. The pause outlasts
+    // the warm-up: on a busy 2-core machine the 400 requests can take over a second to reach
+    // the store, and any that arrive after the pause are (rightly) accepted.
     let warm_up: Vec<String> = tokens.drain(..400).collect();
-    assert_ok(redis.command(&["CLIENT", "PAUSE", "1000", "ALL"]), "pause");
+    assert_ok(redis.command(&["CLIENT", "PAUSE", "3000", "ALL"]), "pause");
     let answers = redeemer.redeem_all_at_once(&warm_up).await;
-    assert!(answers.iter().all(|(o, _)| o == UNAVAILABLE));
+    assert!(
+        answers.iter().all(|(o, _)| o == UNAVAILABLE),
+        "warm-up: {:?}",
+        tally(answers.iter().map(|(o, _)| o.as_str()))
+    );
     let fresh = mint_offline(dir.path(), 1).remove(0);
     assert_eq!(
         first_answer_other_than_503(&redeemer, &fresh, Duration::from_secs(5)).await,
