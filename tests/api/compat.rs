@@ -59,6 +59,37 @@ async fn send(request: RequestBuilder, description: &str) -> Reply {
     reply(request.send().await.expect("request failed"), description).await
 }
 
+/// A successful mint on `route` (see `minted_token`) that reports a lifetime of `seconds` and
+/// whose token is valid for exactly that long; returns the token's claims.
+fn minted_for(reply: &Reply, route: Route, seconds: i64, description: &str) -> Value {
+    let (token, reported) = minted_token(reply, route, description);
+    assert_eq!(reported, Some(seconds), "{description}");
+    let claims = claims_of(&token);
+    assert_eq!(lifetime(&claims), seconds, "{description}");
+    claims
+}
+
+/// `GET {path}?{query}`, without a key.
+fn get_with_query(app: &TestApp, path: &str, query: &str) -> RequestBuilder {
+    app.client.get(app.url(&format!("{path}?{query}")))
+}
+
+/// `GET /v3/token?{query}` with the key the way AssemblyAI's examples send it:
+/// `Authorization: <key>`.
+fn assemblyai_get(app: &TestApp, query: &str) -> RequestBuilder {
+    get_with_query(app, ASSEMBLYAI, query).header("authorization", &app.api_key)
+}
+
+/// Asserts a refusal with `status` in `route`'s own envelope, carrying `code`.
+fn assert_refused(reply: &Reply, route: Route, status: StatusCode, code: &str, description: &str) {
+    assert_eq!(reply.status, status, "{description}: {}", reply.text);
+    assert_eq!(
+        route.error_code(&reply.body, description).as_deref(),
+        Some(code),
+        "{description}"
+    );
+}
+
 /// A successful mint (see `Reply::assert_minted`) in `route`'s documented body (see
 /// `Route::success`): the token and the lifetime the body reports.
 fn minted_token(reply: &Reply, route: Route, description: &str) -> (String, Option<i64>) {
@@ -284,20 +315,11 @@ async fn the_assemblyai_pages_examples_return_200_with_token_and_expires_in_seco
     for (query, session, description) in cases {
         // Act
         let before = now();
-        let reply = send(
-            app.client
-                .get(app.url(&format!("{ASSEMBLYAI}?{query}")))
-                .header("authorization", &app.api_key),
-            description,
-        )
-        .await;
+        let reply = send(assemblyai_get(&app, query), description).await;
 
         // Assert
-        let (token, reported) = minted_token(&reply, Route::AssemblyAi, description);
-        assert_eq!(reported, Some(60), "{description}");
-        let claims = claims_of(&token);
+        let claims = minted_for(&reply, Route::AssemblyAi, 60, description);
         assert_eq!(claims["token_type"], "realtime", "{description}");
-        assert_eq!(lifetime(&claims), 60, "{description}");
         assert_eq!(
             claims["max_session_duration_seconds"],
             json!(session),
@@ -360,19 +382,14 @@ async fn the_stream_token_pages_examples_return_200_with_success_token_and_ttl()
     for (query, ttl, description) in cases {
         // Act
         let reply = send(
-            app.client
-                .get(app.url(&format!("{STREAM_TOKEN}?{query}")))
-                .header("authorization", format!("Bearer {}", app.api_key)),
+            get_with_query(&app, STREAM_TOKEN, query).bearer_auth(&app.api_key),
             description,
         )
         .await;
 
         // Assert
-        let (token, reported) = minted_token(&reply, Route::Stream, description);
-        assert_eq!(reported, Some(ttl), "{description}");
-        let claims = claims_of(&token);
+        let claims = minted_for(&reply, Route::Stream, ttl, description);
         assert_eq!(claims["token_type"], "stream", "{description}");
-        assert_eq!(lifetime(&claims), ttl, "{description}");
     }
 }
 
@@ -413,11 +430,8 @@ async fn the_chat_pages_examples_with_an_api_key_return_200_with_success_token_a
         let reply = send(request, description).await;
 
         // Assert
-        let (token, reported) = minted_token(&reply, route, description);
-        assert_eq!(reported, Some(expires_in), "{description}");
-        let claims = claims_of(&token);
+        let claims = minted_for(&reply, route, expires_in, description);
         assert_eq!(claims["token_type"], "chat", "{description}");
-        assert_eq!(lifetime(&claims), expires_in, "{description}");
         assert_eq!(claims.get("ctx"), ctx.as_ref(), "{description}");
     }
 }
@@ -479,7 +493,7 @@ async fn the_stream_token_route_answers_401_with_the_pages_body_word_for_word() 
 
     for (header, query, description) in cases {
         // Act
-        let mut request = app.client.get(app.url(&format!("{STREAM_TOKEN}?{query}")));
+        let mut request = get_with_query(&app, STREAM_TOKEN, query);
         if let Some((name, value)) = header {
             request = request.header(name, value);
         }
@@ -585,9 +599,13 @@ async fn a_key_without_the_mint_scope_gets_403_in_each_routes_envelope() {
         .await;
 
         // Assert
-        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{description}");
-        let code = route.error_code(&reply.body, &description);
-        assert_eq!(code.as_deref(), Some("forbidden"), "{description}");
+        assert_refused(
+            &reply,
+            route,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &description,
+        );
         assert!(
             reply.text.contains("mint"),
             "{description}: the message names the missing scope: {}",
@@ -657,23 +675,11 @@ async fn assemblyai_without_expires_in_seconds_answers_400_naming_the_required_p
 
     for (query, description) in cases {
         // Act
-        let reply = send(
-            app.client
-                .get(app.url(&format!("{ASSEMBLYAI}?{query}")))
-                .header("authorization", &app.api_key),
-            description,
-        )
-        .await;
+        let reply = send(assemblyai_get(&app, query), description).await;
 
         // Assert
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{description}");
-        assert_eq!(
-            Route::AssemblyAi
-                .error_code(&reply.body, description)
-                .as_deref(),
-            Some("invalid_request"),
-            "{description}"
-        );
+        let (route, code) = (Route::AssemblyAi, "invalid_request");
+        assert_refused(&reply, route, StatusCode::BAD_REQUEST, code, description);
         assert_eq!(
             reply.body,
             json!({
@@ -691,39 +697,44 @@ async fn assemblyai_without_expires_in_seconds_answers_400_naming_the_required_p
 // Edge values of every numeric parameter
 // ---------------------------------------------------------------------------------------------
 
+/// Sends `request(query)` for every edge value of the numeric parameter `name` (see
+/// `numeric_edge_cases`) and checks each reply: `accepted(reply, value, description)` where the
+/// value is in `min..=max`, `refused(reply, description)` everywhere else.
+async fn check_edge_values(
+    label: &str,
+    (name, min, max): (&str, u32, u32),
+    request: impl Fn(&str) -> RequestBuilder,
+    accepted: impl Fn(&Reply, u32, &str),
+    refused: impl Fn(&Reply, &str),
+) {
+    for (query, value, what) in numeric_edge_cases(name, min, max) {
+        let description = format!("{label} {what} ({query})");
+        let reply = send(request(&query), &description).await;
+        match value {
+            Some(value) => accepted(&reply, value, &description),
+            None => refused(&reply, &description),
+        }
+    }
+}
+
 #[tokio::test]
 async fn assemblyai_expires_in_seconds_accepts_1_to_600_and_refuses_every_other_value_with_400() {
     // Arrange
     let app = spawn_app().await;
 
-    for (query, accepted, description) in numeric_edge_cases("expires_in_seconds", 1, 600) {
-        let description = format!("expires_in_seconds {description} ({query})");
-
-        // Act
-        let reply = send(
-            app.client
-                .get(app.url(&format!("{ASSEMBLYAI}?{query}")))
-                .header("authorization", &app.api_key),
-            &description,
-        )
-        .await;
-
-        // Assert
-        match accepted {
-            Some(value) => {
-                let (token, reported) = minted_token(&reply, Route::AssemblyAi, &description);
-                assert_eq!(reported, Some(i64::from(value)), "{description}");
-                let claims = claims_of(&token);
-                assert_eq!(lifetime(&claims), i64::from(value), "{description}");
-                assert_eq!(
-                    claims["max_session_duration_seconds"],
-                    json!(10_800),
-                    "{description}"
-                );
-            }
-            None => assert_assemblyai_400(&reply, "expires_in_seconds", &description),
-        }
-    }
+    // Act + Assert
+    check_edge_values(
+        "expires_in_seconds",
+        ("expires_in_seconds", 1, 600),
+        |query| assemblyai_get(&app, query),
+        |reply, value, description| {
+            let claims = minted_for(reply, Route::AssemblyAi, value.into(), description);
+            let session = &claims["max_session_duration_seconds"];
+            assert_eq!(session, &json!(10_800), "{description}");
+        },
+        |reply, description| assert_assemblyai_400(reply, "expires_in_seconds", description),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -732,58 +743,32 @@ async fn assemblyai_max_session_duration_seconds_accepts_60_to_10800_and_refuses
     // Arrange
     let app = spawn_app().await;
 
-    for (query, accepted, description) in
-        numeric_edge_cases("max_session_duration_seconds", 60, 10_800)
-    {
-        let description = format!("max_session_duration_seconds {description} ({query})");
-
-        // Act
-        let reply = send(
-            app.client
-                .get(app.url(&format!("{ASSEMBLYAI}?expires_in_seconds=30&{query}")))
-                .header("authorization", &app.api_key),
-            &description,
-        )
-        .await;
-
-        // Assert
-        match accepted {
-            Some(value) => {
-                let (token, reported) = minted_token(&reply, Route::AssemblyAi, &description);
-                assert_eq!(reported, Some(30), "{description}");
-                let claims = claims_of(&token);
-                assert_eq!(lifetime(&claims), 30, "{description}");
-                assert_eq!(
-                    claims["max_session_duration_seconds"],
-                    json!(value),
-                    "{description}"
-                );
-            }
-            None => assert_assemblyai_400(&reply, "max_session_duration_seconds", &description),
-        }
-    }
+    // Act + Assert
+    check_edge_values(
+        "max_session_duration_seconds",
+        ("max_session_duration_seconds", 60, 10_800),
+        |query| assemblyai_get(&app, &format!("expires_in_seconds=30&{query}")),
+        |reply, value, description| {
+            let claims = minted_for(reply, Route::AssemblyAi, 30, description);
+            let session = &claims["max_session_duration_seconds"];
+            assert_eq!(session, &json!(value), "{description}");
+        },
+        |reply, description| {
+            assert_assemblyai_400(reply, "max_session_duration_seconds", description)
+        },
+    )
+    .await;
 }
 
 /// A refused AssemblyAI parameter: 400 `{error, code, details}` naming the parameter.
 fn assert_assemblyai_400(reply: &Reply, parameter: &str, description: &str) {
-    assert_eq!(
-        reply.status,
-        StatusCode::BAD_REQUEST,
-        "{description}: {}",
-        reply.text
-    );
+    let (route, code) = (Route::AssemblyAi, "invalid_request");
+    assert_refused(reply, route, StatusCode::BAD_REQUEST, code, description);
     assert_eq!(
         keys_of(&reply.body),
         set(&["error", "code", "details"]),
         "{description}: {}",
         reply.text
-    );
-    assert_eq!(
-        Route::AssemblyAi
-            .error_code(&reply.body, description)
-            .as_deref(),
-        Some("invalid_request"),
-        "{description}"
     );
     assert_eq!(
         reply.body["details"],
@@ -800,42 +785,21 @@ async fn stream_ttl_accepts_1_to_300_and_refuses_every_other_value_with_400_inva
     // Arrange
     let app = spawn_app().await;
 
-    for (query, accepted, description) in numeric_edge_cases("ttl", 1, 300) {
-        let description = format!("ttl {description} ({query})");
-
-        // Act
-        let reply = send(
-            app.client
-                .get(app.url(&format!("{STREAM_TOKEN}?{query}")))
-                .bearer_auth(&app.api_key),
-            &description,
-        )
-        .await;
-
-        // Assert
-        match accepted {
-            Some(value) => {
-                let (token, reported) = minted_token(&reply, Route::Stream, &description);
-                assert_eq!(reported, Some(i64::from(value)), "{description}");
-                assert_eq!(
-                    lifetime(&claims_of(&token)),
-                    i64::from(value),
-                    "{description}"
-                );
-            }
-            None => {
-                assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{description}");
-                assert_eq!(
-                    Route::Stream
-                        .error_code(&reply.body, &description)
-                        .as_deref(),
-                    Some("invalid_ttl"),
-                    "{description}"
-                );
-                assert_eq!(reply.text, STREAM_400, "{description}");
-            }
-        }
-    }
+    // Act + Assert
+    check_edge_values(
+        "ttl",
+        ("ttl", 1, 300),
+        |query| get_with_query(&app, STREAM_TOKEN, query).bearer_auth(&app.api_key),
+        |reply, value, description| {
+            minted_for(reply, Route::Stream, value.into(), description);
+        },
+        |reply, description| {
+            let (route, code) = (Route::Stream, "invalid_ttl");
+            assert_refused(reply, route, StatusCode::BAD_REQUEST, code, description);
+            assert_eq!(reply.text, STREAM_400, "{description}");
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -849,38 +813,28 @@ async fn chat_ttl_accepts_1_to_300_and_refuses_every_other_value_with_400_invali
     });
 
     for route in [Route::ChatGet, Route::ChatPost] {
-        for (query, accepted, description) in numeric_edge_cases("ttl", 1, 300) {
-            let description = format!("{route:?} ttl {description} ({query})");
-            let mut request = match route {
-                Route::ChatGet => app.client.get(app.url(&format!("{CHAT}?{query}"))),
-                _ => app
-                    .client
-                    .post(app.url(&format!("{CHAT}?{query}")))
-                    .json(&chat_body()),
-            };
-            request = request.bearer_auth(&app.api_key);
-
-            // Act
-            let reply = send(request, &description).await;
-
-            // Assert
-            match accepted {
-                Some(value) => {
-                    let (token, reported) = minted_token(&reply, route, &description);
-                    assert_eq!(reported, Some(i64::from(value)), "{description}");
-                    assert_eq!(
-                        lifetime(&claims_of(&token)),
-                        i64::from(value),
-                        "{description}"
-                    );
-                }
-                None => {
-                    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{description}");
-                    route.error_code(&reply.body, &description);
-                    assert_eq!(reply.body, invalid_ttl, "{description}");
-                }
-            }
-        }
+        // Act + Assert
+        check_edge_values(
+            &format!("{route:?} ttl"),
+            ("ttl", 1, 300),
+            |query| {
+                let url = app.url(&format!("{CHAT}?{query}"));
+                let request = match route {
+                    Route::ChatGet => app.client.get(url),
+                    _ => app.client.post(url).json(&chat_body()),
+                };
+                request.bearer_auth(&app.api_key)
+            },
+            |reply, value, description| {
+                minted_for(reply, route, value.into(), description);
+            },
+            |reply, description| {
+                assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{description}");
+                route.error_code(&reply.body, description);
+                assert_eq!(reply.body, invalid_ttl, "{description}");
+            },
+        )
+        .await;
     }
 }
 
@@ -1048,13 +1002,7 @@ async fn chat_post_bodies_are_bound_into_ctx_or_refused_in_the_chat_envelope() {
                 assert_eq!(claims_of(&token).get("ctx"), ctx.as_ref(), "{description}");
             }
             Err(code) => {
-                assert_eq!(
-                    Route::ChatPost
-                        .error_code(&reply.body, description)
-                        .as_deref(),
-                    Some(code),
-                    "{description}"
-                );
+                assert_refused(&reply, Route::ChatPost, expected_status, code, description);
                 reply.assert_no_store(description);
             }
         }

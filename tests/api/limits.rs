@@ -216,14 +216,21 @@ async fn spawn_app_at_rate(per_minute: u32) -> TestApp {
     .await
 }
 
+/// A mint-and-redeem key of org "acme", which may redeem `credits` times.
+fn acme_with_credits(app: &TestApp, credits: u64) -> String {
+    let scopes = [Scope::Mint, Scope::Redeem];
+    app.add_api_key_with(new_api_key("acme", &scopes, None, Some(credits)))
+}
+
+fn redemption(client: &reqwest::Client, base: &str, key: &str, token: &str) -> RequestBuilder {
+    client
+        .post(format!("{base}/v1/tokens/redeem"))
+        .bearer_auth(key)
+        .json(&json!({ "token": token }))
+}
+
 async fn redeem(client: &reqwest::Client, base: &str, key: &str, token: &str) -> Reply {
-    send(
-        client
-            .post(format!("{base}/v1/tokens/redeem"))
-            .bearer_auth(key)
-            .json(&json!({ "token": token })),
-    )
-    .await
+    send(redemption(client, base, key, token)).await
 }
 
 async fn introspect(client: &reqwest::Client, base: &str, key: &str, token: &str) -> Value {
@@ -533,12 +540,7 @@ async fn credits_are_spent_by_redemptions_and_a_spent_org_can_neither_mint_nor_r
 ) {
     // Arrange: org "acme" with 2 credits.
     let app = spawn_app().await;
-    let acme = app.add_api_key_with(new_api_key(
-        "acme",
-        &[Scope::Mint, Scope::Redeem],
-        None,
-        Some(2),
-    ));
+    let acme = acme_with_credits(&app, 2);
     let (client, base) = (&app.client, app.address.as_str());
 
     // Act + Assert: minting is free.
@@ -623,12 +625,7 @@ async fn an_org_without_credits_is_unlimited_and_shows_credits_remaining_null() 
 async fn thirty_concurrent_redemptions_against_ten_credits_get_exactly_ten_200s_and_twenty_402s() {
     // Arrange
     let app = spawn_app().await;
-    let acme = app.add_api_key_with(new_api_key(
-        "acme",
-        &[Scope::Mint, Scope::Redeem],
-        None,
-        Some(10),
-    ));
+    let acme = acme_with_credits(&app, 10);
     let mut tokens = Vec::new();
     for _ in 0..30 {
         let reply = mint_ok(&app, Route::Canonical, &acme).await;
@@ -638,12 +635,7 @@ async fn thirty_concurrent_redemptions_against_ten_credits_get_exactly_ten_200s_
     // Act
     let requests = tokens
         .iter()
-        .map(|token| {
-            app.client
-                .post(app.url("/v1/tokens/redeem"))
-                .bearer_auth(&acme)
-                .json(&json!({ "token": token }))
-        })
+        .map(|token| redemption(&app.client, &app.address, &acme, token))
         .collect();
     let replies = send_all_at_once(requests).await;
 
@@ -685,12 +677,7 @@ async fn concurrent_redemptions_of_one_unpaid_token_are_all_refused_for_credit_n
             ..Options::default()
         })
         .await;
-        let acme = app.add_api_key_with(new_api_key(
-            "acme",
-            &[Scope::Mint, Scope::Redeem],
-            None,
-            Some(1),
-        ));
+        let acme = acme_with_credits(&app, 1);
         let spent = mint_ok(&app, Route::Canonical, &acme).await;
         let unpaid = mint_ok(&app, Route::Canonical, &acme).await;
         let spent = spent.body["token"].as_str().unwrap();
@@ -700,12 +687,7 @@ async fn concurrent_redemptions_of_one_unpaid_token_are_all_refused_for_credit_n
 
         // Act: the unpaid token, 200 times at once.
         let requests = (0..200)
-            .map(|_| {
-                app.client
-                    .post(app.url("/v1/tokens/redeem"))
-                    .bearer_auth(&acme)
-                    .json(&json!({ "token": unpaid }))
-            })
+            .map(|_| redemption(&app.client, &app.address, &acme, unpaid))
             .collect();
         let replies = send_all_at_once(requests).await;
 

@@ -8,6 +8,7 @@
 //! is polled, so a test that means "a client that sends nothing" must not read the socket while
 //! it waits (see `wait_for_close_frame_unread`).
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use actix_web::{test as actix_test, web, App, HttpResponse};
@@ -76,12 +77,19 @@ fn query_url(app: &TestApp, token: &str) -> String {
     app.ws_url(&format!("{STREAM}?token={token}"))
 }
 
-fn with_header(url: &str, name: header::HeaderName, value: &str) -> Request {
-    let mut request = url.into_client_request().unwrap();
+/// Mints a token and a handshake that presents it in header `name`, written by `value`, instead
+/// of the query; returns the handshake and the token's jti.
+async fn handshake_presenting(
+    app: &TestApp,
+    name: header::HeaderName,
+    value: impl FnOnce(&str) -> String,
+) -> (Request, String) {
+    let (token, jti) = mint(app, json!({})).await;
+    let mut request = app.ws_url(STREAM).into_client_request().unwrap();
     request
         .headers_mut()
-        .insert(name, HeaderValue::from_str(value).unwrap());
-    request
+        .insert(name, HeaderValue::from_str(&value(&token)).unwrap());
+    (request, jti)
 }
 
 async fn connect(request: impl IntoClientRequest + Unpin) -> (Ws, Response) {
@@ -158,16 +166,31 @@ async fn fresh_session(app: &TestApp) -> Ws {
     begin(&query_url(app, &token)).await.0
 }
 
+/// Reads the next data frame, asserting it is a JSON frame of `kind` with exactly `fields`.
+async fn expect_frame(ws: &mut Ws, kind: &str, fields: &[&str]) -> Value {
+    let frame = text_json(&next_data(ws, FRAME_TIMEOUT).await);
+    assert_eq!(keys_of(&frame), set(fields), "{frame}");
+    assert_eq!(frame["type"], kind, "{frame}");
+    frame
+}
+
 /// Reads `session_begins`, asserting its exact shape, and returns it.
 async fn expect_session_begins(ws: &mut Ws) -> Value {
-    let frame = text_json(&next_data(ws, FRAME_TIMEOUT).await);
-    assert_eq!(
-        keys_of(&frame),
-        set(&["type", "session_id", "expires_at"]),
-        "{frame}"
+    expect_frame(ws, "session_begins", &["type", "session_id", "expires_at"]).await
+}
+
+/// Reads `session_begins` and asserts it opens the session of the token `jti`.
+async fn expect_session_of(ws: &mut Ws, jti: &str) {
+    let begins = expect_session_begins(ws).await;
+    assert_eq!(begins["session_id"], jti, "{begins}");
+}
+
+/// Asserts a session closed `elapsed` after its `session_begins`, within `window`.
+fn assert_closed_after(elapsed: Duration, window: RangeInclusive<Duration>, expected: &str) {
+    assert!(
+        window.contains(&elapsed),
+        "closed {elapsed:?} after session_begins; expected {expected}"
     );
-    assert_eq!(frame["type"], "session_begins", "{frame}");
-    frame
 }
 
 /// The next close frame's `(code, reason)`; the client's answering close is sent before this
@@ -182,13 +205,7 @@ async fn expect_close(ws: &mut Ws, within: Duration) -> (u16, String) {
 /// A refused token: exactly one JSON error frame, then a close frame. Returns
 /// `(error frame, close code, close reason)`.
 async fn expect_refusal(ws: &mut Ws) -> (Value, u16, String) {
-    let frame = text_json(&next_data(ws, FRAME_TIMEOUT).await);
-    assert_eq!(
-        keys_of(&frame),
-        set(&["type", "code", "message"]),
-        "{frame}"
-    );
-    assert_eq!(frame["type"], "error", "{frame}");
+    let frame = expect_frame(ws, "error", &["type", "code", "message"]).await;
     assert!(
         !frame["message"].as_str().unwrap().is_empty(),
         "an error frame carries a message: {frame}"
@@ -427,11 +444,14 @@ async fn a_session_closes_with_4008_when_max_session_duration_is_reached() {
 
     // Assert
     let elapsed = began.elapsed();
-    assert_eq!(code, 4008);
-    assert_eq!(reason, "max session duration reached");
-    assert!(
-        elapsed >= Duration::from_secs(1) && elapsed <= Duration::from_secs(3),
-        "closed {elapsed:?} after session_begins; expected about 2 s"
+    assert_eq!(
+        (code, reason.as_str()),
+        (4008, "max session duration reached")
+    );
+    assert_closed_after(
+        elapsed,
+        Duration::from_secs(1)..=Duration::from_secs(3),
+        "about 2 s",
     );
 }
 
@@ -462,10 +482,8 @@ async fn a_session_outlives_the_redemption_window_of_its_token_and_ends_at_its_o
     let (code, reason) = expect_close(&mut ws, Duration::from_secs(4)).await;
     let elapsed = began.elapsed();
     assert_eq!(code, 4008, "{reason}");
-    assert!(
-        elapsed >= Duration::from_millis(2_500) && elapsed <= Duration::from_millis(4_000),
-        "closed {elapsed:?} after session_begins; expected about 3 s"
-    );
+    let window = Duration::from_millis(2_500)..=Duration::from_millis(4_000);
+    assert_closed_after(elapsed, window, "about 3 s");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -505,8 +523,8 @@ async fn while_redis_is_down_a_token_gets_1011_and_is_not_consumed() {
         );
         sleep(POLL).await;
     }
-    let (mut ws, begins) = begin(&query_url(&app, &token)).await;
-    assert_eq!(begins["session_id"], jti.as_str());
+    let mut ws = open(&query_url(&app, &token)).await;
+    expect_session_of(&mut ws, &jti).await;
     assert_echoed(&mut ws, Message::text("after the outage")).await;
 }
 
@@ -518,12 +536,10 @@ async fn while_redis_is_down_a_token_gets_1011_and_is_not_consumed() {
 async fn a_token_in_an_authorization_bearer_header_opens_a_session() {
     // Arrange
     let app = spawn_app().await;
-    let (token, jti) = mint(&app, json!({})).await;
-    let request = with_header(
-        &app.ws_url(STREAM),
-        header::AUTHORIZATION,
-        &format!("Bearer {token}"),
-    );
+    let (request, jti) = handshake_presenting(&app, header::AUTHORIZATION, |token| {
+        format!("Bearer {token}")
+    })
+    .await;
 
     // Act
     let (mut ws, response) = connect(request).await;
@@ -533,8 +549,7 @@ async fn a_token_in_an_authorization_bearer_header_opens_a_session() {
         response.headers().get("sec-websocket-protocol").is_none(),
         "no subprotocol was offered, so none is answered"
     );
-    let begins = expect_session_begins(&mut ws).await;
-    assert_eq!(begins["session_id"], jti.as_str());
+    expect_session_of(&mut ws, &jti).await;
     assert_echoed(&mut ws, Message::text("via the header")).await;
 }
 
@@ -542,12 +557,9 @@ async fn a_token_in_an_authorization_bearer_header_opens_a_session() {
 async fn a_token_offered_as_the_bearer_subprotocol_opens_a_session_and_the_server_answers_bearer() {
     // Arrange
     let app = spawn_app().await;
-    let (token, jti) = mint(&app, json!({})).await;
-    let request = with_header(
-        &app.ws_url(STREAM),
-        header::SEC_WEBSOCKET_PROTOCOL,
-        &format!("bearer, {token}"),
-    );
+    let subprotocol = header::SEC_WEBSOCKET_PROTOCOL;
+    let (request, jti) =
+        handshake_presenting(&app, subprotocol, |token| format!("bearer, {token}")).await;
 
     // Act
     let (mut ws, response) = connect(request).await;
@@ -560,8 +572,7 @@ async fn a_token_offered_as_the_bearer_subprotocol_opens_a_session_and_the_serve
         .map(|v| v.to_str().unwrap())
         .collect();
     assert_eq!(answered, ["bearer"]);
-    let begins = expect_session_begins(&mut ws).await;
-    assert_eq!(begins["session_id"], jti.as_str());
+    expect_session_of(&mut ws, &jti).await;
     assert_echoed(&mut ws, Message::text("via the subprotocol")).await;
 }
 
@@ -608,8 +619,8 @@ async fn a_plain_http_get_is_refused_with_400_and_does_not_consume_the_token() {
     assert_eq!(keys_of(&body["error"]), set(&["code", "message"]), "{body}");
     assert_eq!(body["error"]["code"], "invalid_request", "{body}");
 
-    let (_ws, begins) = begin(&query_url(&app, &token)).await;
-    assert_eq!(begins["session_id"], jti.as_str());
+    let mut ws = open(&query_url(&app, &token)).await;
+    expect_session_of(&mut ws, &jti).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -636,12 +647,9 @@ async fn a_client_that_sends_nothing_not_even_a_pong_is_closed_with_4009_after_t
 
     // Assert
     let (code, reason) = expect_close(&mut ws, FRAME_TIMEOUT).await;
-    assert_eq!(code, 4009);
-    assert_eq!(reason, "idle timeout");
-    assert!(
-        elapsed >= Duration::from_millis(900) && elapsed <= Duration::from_secs(2),
-        "closed {elapsed:?} after session_begins; expected 1 s to 1 s + a heartbeat"
-    );
+    assert_eq!((code, reason.as_str()), (4009, "idle timeout"));
+    let window = Duration::from_millis(900)..=Duration::from_secs(2);
+    assert_closed_after(elapsed, window, "1 s to 1 s + a heartbeat");
 }
 
 #[tokio::test]
