@@ -66,6 +66,45 @@ async fn assert_refused(
     message
 }
 
+/// `assert_refused`, with a message that contains `fragment`.
+async fn assert_refused_saying(
+    response: Response,
+    (status, code): (StatusCode, &str),
+    fragment: &str,
+    description: &str,
+) {
+    let message = assert_refused(response, status, code, description).await;
+    assert!(
+        message.contains(fragment),
+        "{description}: {message:?} should contain {fragment:?}"
+    );
+}
+
+/// The defaults a mint fills in: `(token_type, expires_in_seconds, max_session_duration_seconds,
+/// uses)`.
+const MINT_DEFAULTS: (&str, u64, u64, u64) = ("realtime", 60, 3600, 1);
+
+/// Asserts a mint response has exactly the documented fields, with `(token_type,
+/// expires_in_seconds, max_session_duration_seconds, uses)` as `expected`.
+fn assert_mint_body(body: &Value, expected: (&str, u64, u64, u64), description: &str) {
+    let (token_type, expires_in_seconds, session_seconds, uses) = expected;
+    assert_eq!(
+        keys_of(body),
+        set(&MINT_RESPONSE_FIELDS),
+        "{description}: {body}"
+    );
+    assert_eq!(body["token_type"], token_type, "{description}");
+    assert_eq!(
+        body["expires_in_seconds"], expires_in_seconds,
+        "{description}"
+    );
+    assert_eq!(
+        body["max_session_duration_seconds"], session_seconds,
+        "{description}"
+    );
+    assert_eq!(body["uses"], uses, "{description}");
+}
+
 /// Asserts a 200 and reads the JSON body.
 async fn ok_json(response: Response) -> Value {
     assert_eq!(response.status(), StatusCode::OK);
@@ -112,11 +151,7 @@ async fn minting_with_an_empty_object_returns_200_and_a_token_with_every_default
         Some("no-store")
     );
     let body: Value = response.json().await.unwrap();
-    assert_eq!(keys_of(&body), set(&MINT_RESPONSE_FIELDS), "{body}");
-    assert_eq!(body["token_type"], "realtime");
-    assert_eq!(body["expires_in_seconds"], 60);
-    assert_eq!(body["max_session_duration_seconds"], 3600);
-    assert_eq!(body["uses"], 1);
+    assert_mint_body(&body, MINT_DEFAULTS, "an empty object");
     let token = body["token"].as_str().unwrap();
     assert!(token.starts_with("eyJ"), "{token}");
 
@@ -161,11 +196,7 @@ async fn minting_with_explicit_values_puts_them_in_the_response_and_the_claims()
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["cache-control"], "no-store");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(keys_of(&body), set(&MINT_RESPONSE_FIELDS), "{body}");
-    assert_eq!(body["token_type"], "tts_websocket");
-    assert_eq!(body["expires_in_seconds"], 120);
-    assert_eq!(body["max_session_duration_seconds"], 600);
-    assert_eq!(body["uses"], 3);
+    assert_mint_body(&body, ("tts_websocket", 120, 600, 3), "explicit values");
 
     let claims = minted_claims(&app, body["token"].as_str().unwrap());
     let mut expected_keys = set(&BASE_CLAIMS);
@@ -231,10 +262,7 @@ async fn minting_with_an_empty_body_returns_200_with_defaults() {
         // Assert
         assert_eq!(response.status(), StatusCode::OK, "{description}");
         let body: Value = response.json().await.unwrap();
-        assert_eq!(body["token_type"], "realtime", "{description}");
-        assert_eq!(body["expires_in_seconds"], 60, "{description}");
-        assert_eq!(body["max_session_duration_seconds"], 3600, "{description}");
-        assert_eq!(body["uses"], 1, "{description}");
+        assert_mint_body(&body, MINT_DEFAULTS, description);
     }
 }
 
@@ -286,11 +314,8 @@ async fn minting_with_an_invalid_body_returns_400_invalid_request() {
         let response = post_raw(&app, MINT, Some("application/json"), body).await;
 
         // Assert
-        let message = assert_refused(response, expected_status, expected_code, description).await;
-        assert!(
-            message.contains(fragment),
-            "{description}: message {message:?} should contain {fragment:?}"
-        );
+        let refusal = (expected_status, expected_code);
+        assert_refused_saying(response, refusal, fragment, description).await;
     }
 }
 
@@ -414,14 +439,8 @@ async fn minting_with_a_body_over_16_kib_returns_413_payload_too_large() {
     let response = post_raw(&app, MINT, Some("application/json"), body).await;
 
     // Assert
-    let message = assert_refused(
-        response,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        "a 16 KiB + 1 body",
-    )
-    .await;
-    assert!(message.contains("16384"), "{message}");
+    let refusal = (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    assert_refused_saying(response, refusal, "16384", "a 16 KiB + 1 body").await;
 }
 
 #[tokio::test]
@@ -541,14 +560,8 @@ async fn redeeming_twice_returns_409_token_already_used() {
     let response = app.redeem(&token).await;
 
     // Assert
-    let message = assert_refused(
-        response,
-        StatusCode::CONFLICT,
-        "token_already_used",
-        "a second redemption",
-    )
-    .await;
-    assert!(message.contains("(already_used)"), "{message}");
+    let refusal = (StatusCode::CONFLICT, "token_already_used");
+    assert_refused_saying(response, refusal, "(already_used)", "a second redemption").await;
 }
 
 #[tokio::test]
@@ -561,14 +574,8 @@ async fn redeeming_an_expired_token_returns_401_token_expired() {
     let response = app.redeem(&token).await;
 
     // Assert
-    let message = assert_refused(
-        response,
-        StatusCode::UNAUTHORIZED,
-        "token_expired",
-        "an hour past exp",
-    )
-    .await;
-    assert!(message.contains("(expired)"), "{message}");
+    let refusal = (StatusCode::UNAUTHORIZED, "token_expired");
+    assert_refused_saying(response, refusal, "(expired)", "an hour past exp").await;
 }
 
 #[tokio::test]
@@ -626,12 +633,8 @@ async fn redeeming_with_an_invalid_body_returns_400_invalid_request() {
 
             // Assert
             let description = format!("{path} {description}");
-            let refused = StatusCode::BAD_REQUEST;
-            let message = assert_refused(response, refused, "invalid_request", &description).await;
-            assert!(
-                message.contains(fragment),
-                "{description}: {message:?} should contain {fragment:?}"
-            );
+            let refusal = (StatusCode::BAD_REQUEST, "invalid_request");
+            assert_refused_saying(response, refusal, fragment, &description).await;
         }
     }
 }
