@@ -1,5 +1,4 @@
-//! Tokens built and taken apart by hand, without the service's own code: claims as the service
-//! mints them, signed with any secret over any header and payload bytes, for the hostile cases.
+//! JWTs built and taken apart by hand, without the service's code, for hostile token cases.
 #![allow(dead_code)]
 
 use std::path::Path;

@@ -1,5 +1,4 @@
-//! Keys directories set up through the real `streamtoken keys` commands, and what tests read
-//! back from one (the active kid, its secret).
+//! Keys directories made by the real `streamtoken keys` commands, and what tests read from one.
 #![allow(dead_code)]
 
 use std::path::Path;

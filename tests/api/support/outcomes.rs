@@ -1,5 +1,4 @@
-//! What many concurrent requests got back, as short comparable strings and counts of each, so a
-//! race is asserted on the whole distribution (e.g. exactly one "200").
+//! Many concurrent answers as short strings and counts, to assert a race's whole distribution.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

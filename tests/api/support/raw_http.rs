@@ -1,5 +1,4 @@
-//! A raw HTTP/1.1 client: requests written byte for byte on a plain `TcpStream`, for what a
-//! normalising client cannot send or read (invalid bytes, lying lengths, WebSocket handshakes).
+//! An HTTP/1.1 client writing requests byte for byte, for what a normalising client cannot send.
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};

@@ -1,5 +1,4 @@
-//! A response read in full (status, headers, text and JSON body at once), so one value can be
-//! asserted on from every side; reading one fails the test on a 5xx.
+//! A response read in full (status, headers, text, JSON), failing the test on a 5xx.
 #![allow(dead_code)]
 
 use reqwest::header::HeaderMap;
