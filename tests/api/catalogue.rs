@@ -21,21 +21,23 @@
 //! After the catalogue, one test per bug it led to (each names the file and the fix).
 
 use std::collections::BTreeSet;
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::support::fields::{keys_of, now, set};
+use crate::support::fields::{keys_of, now, set, MINT_RESPONSE_FIELDS, REDEEM_RESPONSE_FIELDS};
+use crate::support::forge::{b64, claims_of, flip_bit, forge_raw, Forge};
+use crate::support::keys::{add_api_key, init_keys};
 use crate::support::log_capture::looks_secret;
-use crate::support::process::{cli, ServerProcess};
+use crate::support::outcomes::tally;
+use crate::support::process::ServerProcess;
+use crate::support::raw_http::{self, Answer, BuildRaw, Frames, RawRequest};
+use crate::support::routes::{
+    ASSEMBLYAI, CHAT, CHAT_ALIAS, ELEVENLABS_SCRIBE, ELEVENLABS_TTS, INTROSPECT, MINT, REDEEM,
+    STREAM_TOKEN,
+};
 
 // ---------------------------------------------------------------------------------------------
 // The table's vocabulary
@@ -86,14 +88,7 @@ enum Expect {
 
 struct Case {
     what: String,
-    method: String,
-    /// Path and query, raw bytes.
-    target: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Vec<u8>,
-    /// Send the body with `Transfer-Encoding: chunked` instead of a `Content-Length`.
-    chunked: bool,
-    websocket: bool,
+    request: RawRequest,
     status: u16,
     expect: Expect,
     /// A response header that must be present with this value.
@@ -103,58 +98,20 @@ struct Case {
 fn case(what: impl Into<String>, method: &str, target: impl AsRef<[u8]>) -> Case {
     Case {
         what: what.into(),
-        method: method.to_owned(),
-        target: target.as_ref().to_vec(),
-        headers: Vec::new(),
-        body: Vec::new(),
-        chunked: false,
-        websocket: false,
+        request: RawRequest::new(method, target),
         status: 0,
         expect: Expect::Protocol,
         want_header: None,
     }
 }
 
+impl BuildRaw for Case {
+    fn raw_mut(&mut self) -> &mut RawRequest {
+        &mut self.request
+    }
+}
+
 impl Case {
-    fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers
-            .push((name.to_owned(), value.as_ref().to_vec()));
-        self
-    }
-
-    fn bearer(self, key: &str) -> Self {
-        self.header("Authorization", format!("Bearer {key}"))
-    }
-
-    fn body(mut self, body: impl AsRef<[u8]>) -> Self {
-        self.body = body.as_ref().to_vec();
-        self
-    }
-
-    fn json(self, body: impl AsRef<[u8]>) -> Self {
-        self.header("Content-Type", "application/json").body(body)
-    }
-
-    /// Pads the request to `n` header lines in all.
-    fn headers_n(mut self, n: usize) -> Self {
-        let mut i = 0;
-        while self.headers.len() < n {
-            self.headers.push((format!("X-Pad-{i}"), b"1".to_vec()));
-            i += 1;
-        }
-        self
-    }
-
-    fn chunked(mut self) -> Self {
-        self.chunked = true;
-        self
-    }
-
-    fn websocket(mut self) -> Self {
-        self.websocket = true;
-        self
-    }
-
     fn expect(mut self, status: u16, expect: Expect) -> Self {
         self.status = status;
         self.expect = expect;
@@ -166,208 +123,17 @@ impl Case {
         self
     }
 
-    fn request_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(self.method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(&self.target);
-        out.extend_from_slice(b" HTTP/1.1\r\nHost: 127.0.0.1\r\n");
-        for (name, value) in &self.headers {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+    /// A session that begins is read up to its first frame; a refusal up to its close frame.
+    fn frames(&self) -> Frames {
+        match self.expect {
+            Expect::WsBegins => Frames::First,
+            _ => Frames::Close,
         }
-        // A row that writes its own framing headers gets exactly those.
-        let sets_length = self.headers.iter().any(|(name, _)| {
-            name.eq_ignore_ascii_case("content-length")
-                || name.eq_ignore_ascii_case("transfer-encoding")
-        });
-        if self.websocket {
-            out.extend_from_slice(
-                b"Upgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            );
-            return out;
-        }
-        if self.chunked {
-            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-        } else if !sets_length && (!self.body.is_empty() || self.method != "GET") {
-            out.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes());
-        }
-        out.extend_from_slice(b"Connection: close\r\n\r\n");
-        if self.chunked {
-            for chunk in self.body.chunks(4096) {
-                out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-                out.extend_from_slice(chunk);
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(b"0\r\n\r\n");
-        } else {
-            out.extend_from_slice(&self.body);
-        }
-        out
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// A raw HTTP/1.1 exchange
-// ---------------------------------------------------------------------------------------------
-
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// WebSocket frames after a 101: `(opcode, payload)`.
-    frames: Vec<(u8, Vec<u8>)>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Sends the request from a second thread while this one reads, so an answer the server gives
-/// before reading the whole body (413, 431) is read before the server resets the connection.
 fn exchange(address: &str, case: &Case) -> Result<Answer, String> {
-    let mut stream = TcpStream::connect(address).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let request = case.request_bytes();
-    let sender = std::thread::spawn(move || {
-        // The server may answer and close before it has read everything: not our failure.
-        let _ = writer.write_all(&request);
-    });
-    let mut raw = Vec::new();
-    let mut buffer = [0u8; 65536];
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        if case.websocket && websocket_done(&raw, &case.expect) {
-            break;
-        }
-        if Instant::now() > deadline {
-            break;
-        }
-        match stream.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buffer[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            // A reset after the answer arrived (the server closed with our body unread).
-            Err(_) if find(&raw, b"\r\n\r\n").is_some() => break,
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    drop(stream);
-    let _ = sender.join();
-    parse_answer(&raw, case.method == "HEAD")
-}
-
-fn websocket_done(raw: &[u8], expect: &Expect) -> bool {
-    let Some(end) = find(raw, b"\r\n\r\n") else {
-        return false;
-    };
-    if !raw.starts_with(b"HTTP/1.1 101") {
-        return false;
-    }
-    let frames = parse_frames(&raw[end + 4..]);
-    match expect {
-        Expect::WsBegins => !frames.is_empty(),
-        _ => frames.iter().any(|(opcode, _)| *opcode == 0x8),
-    }
-}
-
-fn parse_answer(raw: &[u8], head_only: bool) -> Result<Answer, String> {
-    let end = find(raw, b"\r\n\r\n").ok_or_else(|| {
-        format!(
-            "no complete response head in {:?}",
-            String::from_utf8_lossy(raw)
-        )
-    })?;
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let rest = &raw[end + 4..];
-    let mut answer = Answer {
-        status,
-        headers,
-        body: Vec::new(),
-        frames: Vec::new(),
-    };
-    if status == 101 {
-        answer.frames = parse_frames(rest);
-    } else if head_only {
-        // A HEAD answer announces a length but carries no body.
-    } else if answer.header("transfer-encoding") == Some("chunked") {
-        answer.body = dechunk(rest)?;
-    } else if let Some(length) = answer.header("content-length") {
-        let length: usize = length.parse().map_err(|_| "bad content-length")?;
-        if rest.len() < length {
-            return Err(format!("body cut short: {} of {length} bytes", rest.len()));
-        }
-        answer.body = rest[..length].to_vec();
-    } else {
-        answer.body = rest.to_vec();
-    }
-    Ok(answer)
-}
-
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = find(rest, b"\r\n").ok_or("chunk size line")?;
-        let size_text = String::from_utf8_lossy(&rest[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        body.extend_from_slice(rest.get(..size).ok_or("chunk cut short")?);
-        rest = rest.get(size + 2..).ok_or("chunk cut short")?;
-    }
-}
-
-/// Complete server frames (unmasked) at the start of `bytes`.
-fn parse_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut frames = Vec::new();
-    while bytes.len() >= 2 {
-        let opcode = bytes[0] & 0x0f;
-        let (length, header) = match bytes[1] & 0x7f {
-            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-            127 if bytes.len() >= 10 => (
-                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
-            126 | 127 => break,
-            n => (n as usize, 2),
-        };
-        let Some(payload) = bytes.get(header..header + length) else {
-            break;
-        };
-        frames.push((opcode, payload.to_vec()));
-        bytes = &bytes[header + length..];
-    }
-    frames
+    raw_http::exchange(address, &case.request, case.frames())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -400,149 +166,7 @@ fn check(case: &Case, answer: &Answer) -> Result<(), String> {
             ));
         }
     }
-    let json = || -> Result<Value, String> {
-        if answer.header("content-type") != Some("application/json") {
-            return Err(format!(
-                "content-type {:?} instead of application/json",
-                answer.header("content-type")
-            ));
-        }
-        serde_json::from_slice(&answer.body).map_err(|e| {
-            format!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&answer.body)
-            )
-        })
-    };
-    let ensure = |ok: bool, body: &Value, what: &str| -> Result<(), String> {
-        if ok {
-            Ok(())
-        } else {
-            Err(format!("{what}: {body}"))
-        }
-    };
     match &case.expect {
-        Expect::Canonical { code, reason } => {
-            let body = json()?;
-            ensure(keys_of(&body) == set(&["error"]), &body, "envelope keys")?;
-            ensure(
-                keys_of(&body["error"]) == set(&["code", "message"]),
-                &body,
-                "error keys",
-            )?;
-            ensure(body["error"]["code"] == *code, &body, "code")?;
-            let message = body["error"]["message"].as_str().unwrap_or_default();
-            ensure(!message.is_empty(), &body, "empty message")?;
-            if let Some(reason) = reason {
-                ensure(
-                    message.ends_with(&format!("({reason})")),
-                    &body,
-                    &format!("message should name ({reason})"),
-                )?;
-            }
-        }
-        Expect::AssemblyAi { code, parameter } => {
-            let body = json()?;
-            let keys = keys_of(&body);
-            ensure(
-                keys.is_subset(&set(&["error", "code", "details"])),
-                &body,
-                "keys",
-            )?;
-            ensure(body["error"].is_string(), &body, "error is a string")?;
-            ensure(body["code"] == *code, &body, "code")?;
-            match parameter {
-                Some(p) => ensure(
-                    body["details"] == json!({ "parameter": p }),
-                    &body,
-                    "details",
-                )?,
-                None => ensure(!keys.contains("details"), &body, "no details")?,
-            }
-        }
-        Expect::ElevenLabs { status } => {
-            let body = json()?;
-            ensure(keys_of(&body) == set(&["detail"]), &body, "keys")?;
-            ensure(
-                keys_of(&body["detail"]) == set(&["status", "message"]),
-                &body,
-                "detail keys",
-            )?;
-            ensure(body["detail"]["status"] == *status, &body, "status")?;
-        }
-        Expect::ElevenLabs422 { locs } => {
-            let body = json()?;
-            ensure(keys_of(&body) == set(&["detail"]), &body, "keys")?;
-            let problems = body["detail"].as_array().cloned().unwrap_or_default();
-            let seen: Vec<&str> = problems
-                .iter()
-                .filter_map(|p| p["loc"][1].as_str())
-                .collect();
-            ensure(seen == *locs, &body, "locations")?;
-            for problem in &problems {
-                let keys = keys_of(problem);
-                ensure(
-                    set(&["type", "loc", "msg", "input"]).is_subset(&keys)
-                        && keys.is_subset(&set(&["type", "loc", "msg", "input", "ctx"])),
-                    &body,
-                    "problem keys",
-                )?;
-                if let Some(input) = problem["input"].as_str() {
-                    ensure(input.chars().count() <= 256, &body, "input is capped")?;
-                }
-            }
-        }
-        Expect::StreamToken { code } => {
-            let body = json()?;
-            let mut keys = vec!["error", "success"];
-            if code.is_some() {
-                keys.push("code");
-            }
-            ensure(keys_of(&body) == set(&keys), &body, "keys")?;
-            ensure(body["success"] == false, &body, "success false")?;
-            ensure(body["error"].is_string(), &body, "error is a string")?;
-            if let Some(code) = code {
-                ensure(body["code"] == *code, &body, "code")?;
-            }
-        }
-        Expect::Chat { code } => {
-            let body = json()?;
-            ensure(keys_of(&body) == set(&["success", "error"]), &body, "keys")?;
-            ensure(body["success"] == false, &body, "success false")?;
-            ensure(
-                keys_of(&body["error"]) == set(&["message", "code"]),
-                &body,
-                "error keys",
-            )?;
-            ensure(body["error"]["code"] == *code, &body, "code")?;
-        }
-        Expect::Inactive { reason } => {
-            let body = json()?;
-            ensure(body["active"] == false, &body, "active false")?;
-            ensure(body["reason"] == *reason, &body, "reason")?;
-            if *reason != "already_used" {
-                ensure(keys_of(&body) == set(&["active", "reason"]), &body, "keys")?;
-            }
-        }
-        Expect::Active => {
-            let body = json()?;
-            ensure(
-                keys_of(&body) == set(&["active", "claims", "uses_remaining"]),
-                &body,
-                "keys",
-            )?;
-            ensure(body["active"] == true, &body, "active")?;
-        }
-        Expect::Fields(fields) => {
-            let body = json()?;
-            ensure(keys_of(&body) == set(fields), &body, "fields")?;
-            if fields.contains(&"success") {
-                ensure(body["success"] == true, &body, "success true")?;
-            }
-            if fields.contains(&"token") {
-                ensure(is_compact_jws(&body["token"]), &body, "token")?;
-            }
-        }
         Expect::Text {
             content_type,
             contains,
@@ -597,6 +221,151 @@ fn check(case: &Case, answer: &Answer) -> Result<(), String> {
             let frame: Value = serde_json::from_slice(text).map_err(|e| e.to_string())?;
             ensure(frame["type"] == "session_begins", &frame, "session_begins")?;
         }
+        in_json => check_json(in_json, &json_body(answer)?)?,
+    }
+    Ok(())
+}
+
+fn json_body(answer: &Answer) -> Result<Value, String> {
+    if answer.header("content-type") != Some("application/json") {
+        return Err(format!(
+            "content-type {:?} instead of application/json",
+            answer.header("content-type")
+        ));
+    }
+    serde_json::from_slice(&answer.body).map_err(|e| {
+        format!(
+            "body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&answer.body)
+        )
+    })
+}
+
+fn ensure(ok: bool, body: &Value, what: &str) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what}: {body}"))
+    }
+}
+
+/// `body[outer]` is an object of exactly `fields` whose `field` is `value`: the error object
+/// nested in the canonical, ElevenLabs and chat envelopes.
+fn ensure_nested(
+    body: &Value,
+    outer: &str,
+    fields: &[&str],
+    (field, value): (&str, &str),
+) -> Result<(), String> {
+    ensure(
+        keys_of(&body[outer]) == set(fields),
+        body,
+        &format!("{outer} keys"),
+    )?;
+    ensure(body[outer][field] == value, body, field)
+}
+
+/// The JSON body of a row whose route answers in JSON.
+fn check_json(expect: &Expect, body: &Value) -> Result<(), String> {
+    match expect {
+        Expect::Canonical { code, reason } => {
+            ensure(keys_of(body) == set(&["error"]), body, "envelope keys")?;
+            ensure_nested(body, "error", &["code", "message"], ("code", code))?;
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            ensure(!message.is_empty(), body, "empty message")?;
+            if let Some(reason) = reason {
+                ensure(
+                    message.ends_with(&format!("({reason})")),
+                    body,
+                    &format!("message should name ({reason})"),
+                )?;
+            }
+        }
+        Expect::AssemblyAi { code, parameter } => {
+            let keys = keys_of(body);
+            ensure(
+                keys.is_subset(&set(&["error", "code", "details"])),
+                body,
+                "keys",
+            )?;
+            ensure(body["error"].is_string(), body, "error is a string")?;
+            ensure(body["code"] == *code, body, "code")?;
+            match parameter {
+                Some(p) => ensure(
+                    body["details"] == json!({ "parameter": p }),
+                    body,
+                    "details",
+                )?,
+                None => ensure(!keys.contains("details"), body, "no details")?,
+            }
+        }
+        Expect::ElevenLabs { status } => {
+            ensure(keys_of(body) == set(&["detail"]), body, "keys")?;
+            ensure_nested(body, "detail", &["status", "message"], ("status", status))?;
+        }
+        Expect::ElevenLabs422 { locs } => {
+            ensure(keys_of(body) == set(&["detail"]), body, "keys")?;
+            let problems = body["detail"].as_array().cloned().unwrap_or_default();
+            let seen: Vec<&str> = problems
+                .iter()
+                .filter_map(|p| p["loc"][1].as_str())
+                .collect();
+            ensure(seen == *locs, body, "locations")?;
+            for problem in &problems {
+                let keys = keys_of(problem);
+                ensure(
+                    set(&["type", "loc", "msg", "input"]).is_subset(&keys)
+                        && keys.is_subset(&set(&["type", "loc", "msg", "input", "ctx"])),
+                    body,
+                    "problem keys",
+                )?;
+                if let Some(input) = problem["input"].as_str() {
+                    ensure(input.chars().count() <= 256, body, "input is capped")?;
+                }
+            }
+        }
+        Expect::StreamToken { code } => {
+            let mut keys = vec!["error", "success"];
+            if code.is_some() {
+                keys.push("code");
+            }
+            ensure(keys_of(body) == set(&keys), body, "keys")?;
+            ensure(body["success"] == false, body, "success false")?;
+            ensure(body["error"].is_string(), body, "error is a string")?;
+            if let Some(code) = code {
+                ensure(body["code"] == *code, body, "code")?;
+            }
+        }
+        Expect::Chat { code } => {
+            ensure(keys_of(body) == set(&["success", "error"]), body, "keys")?;
+            ensure(body["success"] == false, body, "success false")?;
+            ensure_nested(body, "error", &["message", "code"], ("code", code))?;
+        }
+        Expect::Inactive { reason } => {
+            ensure(body["active"] == false, body, "active false")?;
+            ensure(body["reason"] == *reason, body, "reason")?;
+            if *reason != "already_used" {
+                ensure(keys_of(body) == set(&["active", "reason"]), body, "keys")?;
+            }
+        }
+        Expect::Active => {
+            ensure(
+                keys_of(body) == set(&["active", "claims", "uses_remaining"]),
+                body,
+                "keys",
+            )?;
+            ensure(body["active"] == true, body, "active")?;
+        }
+        Expect::Fields(fields) => {
+            ensure(keys_of(body) == set(fields), body, "fields")?;
+            if fields.contains(&"success") {
+                ensure(body["success"] == true, body, "success true")?;
+            }
+            if fields.contains(&"token") {
+                ensure(is_compact_jws(&body["token"]), body, "token")?;
+            }
+        }
+        other => unreachable!("{other:?} is not answered in JSON"),
     }
     Ok(())
 }
@@ -605,216 +374,35 @@ fn check(case: &Case, answer: &Answer) -> Result<(), String> {
 // Tokens: minted by the server, or forged with the real secret
 // ---------------------------------------------------------------------------------------------
 
-fn b64(bytes: impl AsRef<[u8]>) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// HMAC-SHA256 (RFC 2104) over `sha2`, so any header and payload bytes can be signed.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
-}
-
-/// Header and payload taken as raw bytes, signed with HMAC-SHA256 and `secret`.
-fn forge_raw(header: &[u8], payload: &[u8], secret: &[u8]) -> String {
-    let input = format!("{}.{}", b64(header), b64(payload));
-    let signature = hmac_sha256(secret, input.as_bytes());
-    format!("{input}.{}", b64(signature))
-}
-
-struct Forge {
-    kid: String,
-    secret: Vec<u8>,
-}
-
-impl Forge {
-    fn read(keys_dir: &Path) -> Forge {
-        let signing = keys_dir.join("signing");
-        let kid = std::fs::read_to_string(signing.join("active"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        let secret = std::fs::read(signing.join(format!("{kid}.key")))
-            .unwrap()
-            .trim_ascii()
-            .to_vec();
-        Forge { kid, secret }
-    }
-
-    fn header(&self) -> Value {
-        json!({"alg": "HS256", "typ": "JWT", "kid": self.kid})
-    }
-
-    /// Claims as the service mints them, valid for another minute.
-    fn claims(&self) -> Value {
-        let now = now();
-        json!({
-            "iss": "streamtoken",
-            "aud": "streamtoken-gateway",
-            "org": "dev",
-            "token_type": "realtime",
-            "jti": Uuid::new_v4(),
-            "iat": now,
-            "exp": now + 60,
-            "max_session_duration_seconds": 3600,
-        })
-    }
-
-    /// Valid claims with one change (`Value::Null` removes the claim).
-    fn claims_with(&self, name: &str, value: Value) -> Value {
-        let mut claims = self.claims();
-        if value.is_null() {
-            claims.as_object_mut().unwrap().remove(name);
-        } else {
-            claims[name] = value;
-        }
-        claims
-    }
-
-    fn sign(&self, header: &Value, claims: &Value) -> String {
-        forge_raw(
-            &serde_json::to_vec(header).unwrap(),
-            &serde_json::to_vec(claims).unwrap(),
-            &self.secret,
-        )
-    }
-
-    fn sign_claims(&self, claims: &Value) -> String {
-        self.sign(&self.header(), claims)
-    }
-
-    fn with_header(&self, header: Value) -> String {
-        self.sign(&header, &self.claims())
-    }
-
-    /// The real secret through jsonwebtoken, for the HMAC algorithms it knows.
-    fn jsonwebtoken(&self, alg: Algorithm) -> String {
-        let mut header = Header::new(alg);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(
-            &header,
-            &self.claims(),
-            &EncodingKey::from_secret(&self.secret),
-        )
-        .unwrap()
-    }
-}
-
-/// A validly signed token whose header segment is written with `=` padding.
-fn padded_header_token(forge: &Forge) -> String {
-    let header = (0..3)
-        .map(|n| {
-            serde_json::to_vec(&json!({"alg": "HS256", "kid": forge.kid, "x": "x".repeat(n)}))
-                .unwrap()
-        })
-        .find(|h| h.len() % 3 != 0)
-        .unwrap();
-    let head = base64::engine::general_purpose::URL_SAFE.encode(&header);
-    assert!(head.ends_with('='), "{head}");
-    let input = format!(
-        "{head}.{}",
-        b64(serde_json::to_vec(&forge.claims()).unwrap())
-    );
-    let signature = hmac_sha256(&forge.secret, input.as_bytes());
-    format!("{input}.{}", b64(signature))
-}
-
-/// Flips the lowest bit of the first byte of segment `index`, then re-encodes it.
-fn flip_bit(token: &str, index: usize) -> String {
-    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
-    let mut bytes = URL_SAFE_NO_PAD.decode(&parts[index]).unwrap();
-    bytes[0] ^= 0x01;
-    parts[index] = b64(bytes);
-    parts.join(".")
-}
-
 fn token_body(token: &str) -> String {
     json!({ "token": token }).to_string()
 }
 
+/// A setup request that must succeed; returns the body.
+fn setup_ok(address: &str, case: &Case) -> Vec<u8> {
+    let answer = exchange(address, case).unwrap();
+    let body = String::from_utf8_lossy(&answer.body);
+    assert_eq!(answer.status, 200, "{}: {body}", case.what);
+    answer.body
+}
+
 fn mint(address: &str, key: &str) -> String {
-    let answer = exchange(
-        address,
-        &case("setup: mint", "POST", "/v1/tokens").bearer(key),
-    )
-    .unwrap();
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    let body: Value = serde_json::from_slice(&answer.body).unwrap();
+    let body = setup_ok(address, &case("setup: mint", "POST", MINT).bearer(key));
+    let body: Value = serde_json::from_slice(&body).unwrap();
     body["token"].as_str().unwrap().to_owned()
 }
 
 fn redeem(address: &str, key: &str, token: &str) {
-    let answer = exchange(
-        address,
-        &case("setup: redeem", "POST", "/v1/tokens/redeem")
-            .bearer(key)
-            .json(token_body(token)),
-    )
-    .unwrap();
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
-}
-
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    let redemption = case("setup: redeem", "POST", REDEEM).bearer(key);
+    setup_ok(address, &redemption.json(token_body(token)));
 }
 
 // ---------------------------------------------------------------------------------------------
 // The table
 // ---------------------------------------------------------------------------------------------
 
-const MINT: &str = "/v1/tokens";
-const REDEEM: &str = "/v1/tokens/redeem";
-const INTROSPECT: &str = "/v1/tokens/introspect";
-const ASSEMBLYAI: &str = "/v3/token";
-const SCRIBE: &str = "/v1/single-use-token/realtime_scribe";
-const TTS: &str = "/v1/single-use-token/tts_websocket";
-const STREAM_TOKEN: &str = "/api/v1/token";
-const CHAT: &str = "/api/v1/chat/token";
-const CHAT_ALIAS: &str = "/api/api/v1/chat/token";
-
-const MINTED: &[&str] = &[
-    "token",
-    "token_type",
-    "jti",
-    "expires_in_seconds",
-    "expires_at",
-    "max_session_duration_seconds",
-    "uses",
-];
-const REDEEMED: &[&str] = &[
-    "org",
-    "token_type",
-    "jti",
-    "ctx",
-    "max_session_duration_seconds",
-    "session_expires_at",
-    "uses_remaining",
-];
+const MINTED: &[&str] = &MINT_RESPONSE_FIELDS;
+const REDEEMED: &[&str] = &REDEEM_RESPONSE_FIELDS;
 const ASSEMBLYAI_OK: &[&str] = &["token", "expires_in_seconds"];
 const TOKEN_ONLY: &[&str] = &["token"];
 const STREAM_OK: &[&str] = &["success", "token", "ttl"];
@@ -863,6 +451,14 @@ struct Tokens {
     used: String,
 }
 
+/// `key` with its last character changed. That character carries only 4 bits, so it is always
+/// replaced by a different one of the two well-formed values `A` and `E`, never by itself.
+fn near_miss(key: &str) -> String {
+    let (body, last) = key.split_at(key.len() - 1);
+    let other = if last == "A" { "E" } else { "A" };
+    format!("{body}{other}")
+}
+
 #[rustfmt::skip]
 #[allow(clippy::vec_init_then_push)]
 fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
@@ -876,7 +472,8 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     let mut fresh = || tokens.fresh.pop().expect("enough fresh tokens");
     let long_key = format!("st_{}", "A".repeat(10 * 1024));
     let wrong_prefix = format!("sk_{}", &dev[3..]);
-    let near_miss = format!("{}{}", &dev[..dev.len() - 1], "A");
+    let near_miss = near_miss(dev);
+    assert_ne!(near_miss, dev, "the near miss must not be the key itself");
     let over_limit = " ".repeat(16 * 1024 + 1);
 
     // Tokens for the token rows.
@@ -942,22 +539,29 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     t.push(case("mint: body of 20 KB, chunked (no Content-Length)", "POST", MINT).bearer(dev).json(" ".repeat(20_000)).chunked().expect(413, canonical("payload_too_large")));
     t.push(case("mint: small chunked body", "POST", MINT).bearer(dev).json("{}").chunked().expect(200, Expect::Fields(MINTED)));
     t.push(case("mint: Content-Length 16385 declared, 2 bytes sent", "POST", MINT).bearer(dev).header("Content-Type", "application/json").header("Content-Length", "16385").body("{}").expect(413, canonical("payload_too_large")));
-    t.push(case("mint: expires_in_seconds -0", "POST", MINT).bearer(dev).json(r#"{"expires_in_seconds":-0}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: expires_in_seconds 1e400 (overflows f64)", "POST", MINT).bearer(dev).json(r#"{"expires_in_seconds":1e400}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: expires_in_seconds 3600.0000001", "POST", MINT).bearer(dev).json(r#"{"expires_in_seconds":3600.0000001}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: expires_in_seconds 3.6e3 is the integer 3600", "POST", MINT).bearer(dev).json(r#"{"expires_in_seconds":3.6e3}"#).expect(200, Expect::Fields(MINTED)));
-    t.push(case("mint: expires_in_seconds below i64::MIN", "POST", MINT).bearer(dev).json(r#"{"expires_in_seconds":-9223372036854775809}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: uses u64::MAX + 1", "POST", MINT).bearer(dev).json(r#"{"uses":18446744073709551616}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: uses u64::MAX", "POST", MINT).bearer(dev).json(r#"{"uses":18446744073709551615}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: uses as a string", "POST", MINT).bearer(dev).json(r#"{"uses":"2"}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: uses as a boolean", "POST", MINT).bearer(dev).json(r#"{"uses":true}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: uses as an array", "POST", MINT).bearer(dev).json(r#"{"uses":[2]}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: uses null is the default (nullable in the spec)", "POST", MINT).bearer(dev).json(r#"{"uses":null}"#).expect(200, Expect::Fields(MINTED)));
-    t.push(case("mint: max_session_duration_seconds 86400.5", "POST", MINT).bearer(dev).json(r#"{"max_session_duration_seconds":86400.5}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: NaN is not JSON", "POST", MINT).bearer(dev).json(r#"{"uses":NaN}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: Infinity is not JSON", "POST", MINT).bearer(dev).json(r#"{"expires_in_seconds":Infinity}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: ctx as an array", "POST", MINT).bearer(dev).json(r#"{"ctx":["a"]}"#).expect(400, canonical("invalid_request")));
-    t.push(case("mint: token_type with a non-ASCII letter", "POST", MINT).bearer(dev).json(r#"{"token_type":"réaltime"}"#).expect(400, canonical("invalid_request")));
+    // Numbers and types only a strict JSON reader tells apart: each is a 400 invalid_request,
+    // except the two that are valid (200).
+    for (what, body, status) in [
+        ("expires_in_seconds -0", r#"{"expires_in_seconds":-0}"#, 400),
+        ("expires_in_seconds 1e400 (overflows f64)", r#"{"expires_in_seconds":1e400}"#, 400),
+        ("expires_in_seconds 3600.0000001", r#"{"expires_in_seconds":3600.0000001}"#, 400),
+        ("expires_in_seconds 3.6e3 is the integer 3600", r#"{"expires_in_seconds":3.6e3}"#, 200),
+        ("expires_in_seconds below i64::MIN", r#"{"expires_in_seconds":-9223372036854775809}"#, 400),
+        ("uses u64::MAX + 1", r#"{"uses":18446744073709551616}"#, 400),
+        ("uses u64::MAX", r#"{"uses":18446744073709551615}"#, 400),
+        ("uses as a string", r#"{"uses":"2"}"#, 400),
+        ("uses as a boolean", r#"{"uses":true}"#, 400),
+        ("uses as an array", r#"{"uses":[2]}"#, 400),
+        ("uses null is the default (nullable in the spec)", r#"{"uses":null}"#, 200),
+        ("max_session_duration_seconds 86400.5", r#"{"max_session_duration_seconds":86400.5}"#, 400),
+        ("NaN is not JSON", r#"{"uses":NaN}"#, 400),
+        ("Infinity is not JSON", r#"{"expires_in_seconds":Infinity}"#, 400),
+        ("ctx as an array", r#"{"ctx":["a"]}"#, 400),
+        ("token_type with a non-ASCII letter", r#"{"token_type":"réaltime"}"#, 400),
+    ] {
+        let expect = if status == 200 { Expect::Fields(MINTED) } else { canonical("invalid_request") };
+        t.push(case(format!("mint: {what}"), "POST", MINT).bearer(dev).json(body).expect(status, expect));
+    }
     t.push(case("mint: a query string is ignored, even a broken one", "POST", b"/v1/tokens?expires_in_seconds=%ZZ&%FF").bearer(dev).expect(200, Expect::Fields(MINTED)));
     t.push(case("mint: PATCH", "PATCH", MINT).bearer(dev).expect(405, canonical("method_not_allowed")).with_response_header("allow", "POST"));
     t.push(case("mint: trailing slash is another route", "POST", "/v1/tokens/").bearer(dev).expect(404, canonical("not_found")));
@@ -989,7 +593,7 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     t.push(case("redeem: four segments", "POST", REDEEM).bearer(dev).json(token_body(&format!("{good}.{signature_b64}"))).expect(401, invalid_token("malformed")));
     t.push(case("redeem: three empty segments", "POST", REDEEM).bearer(dev).json(token_body("..")).expect(401, invalid_token("malformed")));
     t.push(case("redeem: header not base64url", "POST", REDEEM).bearer(dev).json(token_body(&format!("%%%.{payload_b64}.{signature_b64}"))).expect(401, invalid_token("malformed")));
-    t.push(case("redeem: header in padded base64", "POST", REDEEM).bearer(dev).json(token_body(&padded_header_token(forge))).expect(401, invalid_token("malformed")));
+    t.push(case("redeem: header in padded base64", "POST", REDEEM).bearer(dev).json(token_body(&forge.padded_header_token())).expect(401, invalid_token("malformed")));
     t.push(case("redeem: signature in standard (+/) base64", "POST", REDEEM).bearer(dev).json(token_body(&format!("{head_b64}.{payload_b64}.+/{}", &signature_b64[2..]))).expect(401, invalid_token("malformed")));
     t.push(case("redeem: header not JSON (validly signed)", "POST", REDEEM).bearer(dev).json(token_body(&forge_raw(b"{\"alg\":\"HS256\",", &claims_bytes, &forge.secret))).expect(401, invalid_token("malformed")));
     t.push(case("redeem: header a JSON array (validly signed)", "POST", REDEEM).bearer(dev).json(token_body(&forge_raw(b"[\"HS256\"]", &claims_bytes, &forge.secret))).expect(401, invalid_token("malformed")));
@@ -998,7 +602,7 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     t.push(case("redeem: claims not JSON (validly signed)", "POST", REDEEM).bearer(dev).json(token_body(&forge_raw(&header_bytes, b"{\"iss\":", &forge.secret))).expect(401, invalid_token("malformed")));
     t.push(case("redeem: claims a JSON array (validly signed)", "POST", REDEEM).bearer(dev).json(token_body(&forge_raw(&header_bytes, b"[1,2,3]", &forge.secret))).expect(401, invalid_token("malformed")));
     t.push(case("redeem: alg none, empty signature", "POST", REDEEM).bearer(dev).json(token_body(&none)).expect(401, invalid_token("algorithm_not_allowed")));
-    t.push(case("redeem: alg HS384 signed with the real key", "POST", REDEEM).bearer(dev).json(token_body(&forge.jsonwebtoken(Algorithm::HS384))).expect(401, invalid_token("algorithm_not_allowed")));
+    t.push(case("redeem: alg HS384 signed with the real key", "POST", REDEEM).bearer(dev).json(token_body(&forge.jsonwebtoken(&forge.claims(), Algorithm::HS384))).expect(401, invalid_token("algorithm_not_allowed")));
     t.push(case("redeem: alg RS256 header", "POST", REDEEM).bearer(dev).json(token_body(&forge.with_header(json!({"alg": "RS256", "typ": "JWT", "kid": forge.kid})))).expect(401, invalid_token("algorithm_not_allowed")));
     t.push(case("redeem: alg ES256 header", "POST", REDEEM).bearer(dev).json(token_body(&forge.with_header(json!({"alg": "ES256", "typ": "JWT", "kid": forge.kid})))).expect(401, invalid_token("algorithm_not_allowed")));
     t.push(case("redeem: alg hs256 in lower case", "POST", REDEEM).bearer(dev).json(token_body(&forge.with_header(json!({"alg": "hs256", "kid": forge.kid})))).expect(401, invalid_token("algorithm_not_allowed")));
@@ -1072,7 +676,10 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     t.push(case("usage: mint-only key is enough", "GET", "/v1/usage").bearer(mint_only).expect(200, Expect::Fields(USAGE)));
     t.push(case("usage: no API key", "GET", "/v1/usage").expect(401, canonical("missing_api_key")));
     t.push(case("usage: 10 KB API key in xi-api-key", "GET", "/v1/usage").header("xi-api-key", &long_key).expect(401, canonical("invalid_api_key")));
-    t.push(case("usage: broken escapes in the query are ignored", "GET", "/v1/usage?org=%ZZ&%FF=1").bearer(dev).expect(200, Expect::Fields(USAGE)));
+    t.push(case("usage: broken escapes in the query are ignored", "GET", "/v1/usage?x=%ZZ&%FF=1").bearer(dev).expect(200, Expect::Fields(USAGE)));
+    t.push(case("usage: another org's, by an org-bound key", "GET", "/v1/usage?org=acme").bearer(dev).expect(403, canonical("wrong_org")));
+    t.push(case("usage: an org named with a broken escape is another org", "GET", "/v1/usage?org=%ZZ").bearer(dev).expect(403, canonical("wrong_org")));
+    t.push(case("usage: org given twice", "GET", "/v1/usage?org=dev&org=dev").bearer(dev).expect(400, canonical("invalid_request")));
     t.push(case("usage: POST", "POST", "/v1/usage").bearer(dev).expect(405, canonical("method_not_allowed")).with_response_header("allow", "GET"));
 
     // ---- GET /v3/token (AssemblyAI) -----------------------------------------------------------
@@ -1108,20 +715,20 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     t.push(case("assemblyai: POST", "POST", aai("expires_in_seconds=60")).bearer(dev).expect(405, assemblyai("method_not_allowed", None)).with_response_header("allow", "GET"));
 
     // ---- POST /v1/single-use-token/{token_type} (ElevenLabs) ----------------------------------
-    t.push(case("elevenlabs: realtime_scribe with xi-api-key (control)", "POST", SCRIBE).header("xi-api-key", dev).expect(200, Expect::Fields(TOKEN_ONLY)));
-    t.push(case("elevenlabs: tts_websocket with Bearer", "POST", TTS).bearer(dev).expect(200, Expect::Fields(TOKEN_ONLY)));
-    t.push(case("elevenlabs: a body is ignored, even a broken one", "POST", SCRIBE).header("xi-api-key", dev).json("{bad").expect(200, Expect::Fields(TOKEN_ONLY)));
+    t.push(case("elevenlabs: realtime_scribe with xi-api-key (control)", "POST", ELEVENLABS_SCRIBE).header("xi-api-key", dev).expect(200, Expect::Fields(TOKEN_ONLY)));
+    t.push(case("elevenlabs: tts_websocket with Bearer", "POST", ELEVENLABS_TTS).bearer(dev).expect(200, Expect::Fields(TOKEN_ONLY)));
+    t.push(case("elevenlabs: a body is ignored, even a broken one", "POST", ELEVENLABS_SCRIBE).header("xi-api-key", dev).json("{bad").expect(200, Expect::Fields(TOKEN_ONLY)));
     t.push(case("elevenlabs: percent-encoded _ in the type is decoded", "POST", "/v1/single-use-token/realtime%5Fscribe").header("xi-api-key", dev).expect(200, Expect::Fields(TOKEN_ONLY)));
     t.push(case("elevenlabs: unknown type", "POST", "/v1/single-use-token/realtime").header("xi-api-key", dev).expect(422, Expect::ElevenLabs422 { locs: &["token_type"] }));
     t.push(case("elevenlabs: unknown type and no key", "POST", "/v1/single-use-token/nope").expect(422, Expect::ElevenLabs422 { locs: &["token_type", "xi-api-key"] }));
-    t.push(case("elevenlabs: no key", "POST", SCRIBE).expect(422, Expect::ElevenLabs422 { locs: &["xi-api-key"] }));
-    t.push(case("elevenlabs: blank xi-api-key", "POST", SCRIBE).header("xi-api-key", "  ").expect(422, Expect::ElevenLabs422 { locs: &["xi-api-key"] }));
+    t.push(case("elevenlabs: no key", "POST", ELEVENLABS_SCRIBE).expect(422, Expect::ElevenLabs422 { locs: &["xi-api-key"] }));
+    t.push(case("elevenlabs: blank xi-api-key", "POST", ELEVENLABS_SCRIBE).header("xi-api-key", "  ").expect(422, Expect::ElevenLabs422 { locs: &["xi-api-key"] }));
     t.push(case("elevenlabs: a 10 KB type is echoed capped at 256 characters", "POST", format!("/v1/single-use-token/{}", "x".repeat(10 * 1024))).header("xi-api-key", dev).expect(422, Expect::ElevenLabs422 { locs: &["token_type"] }));
     t.push(case("elevenlabs: type %FF", "POST", "/v1/single-use-token/%FF").header("xi-api-key", dev).expect(422, Expect::ElevenLabs422 { locs: &["token_type"] }));
     t.push(case("elevenlabs: type with an escaped slash", "POST", "/v1/single-use-token/realtime_scribe%2F..").header("xi-api-key", dev).expect(422, Expect::ElevenLabs422 { locs: &["token_type"] }));
-    t.push(case("elevenlabs: 10 KB key", "POST", SCRIBE).header("xi-api-key", &long_key).expect(401, Expect::ElevenLabs { status: "invalid_api_key" }));
-    t.push(case("elevenlabs: redeem-only key", "POST", TTS).header("xi-api-key", redeem_only).expect(403, Expect::ElevenLabs { status: "forbidden" }));
-    t.push(case("elevenlabs: GET", "GET", SCRIBE).header("xi-api-key", dev).expect(405, Expect::ElevenLabs { status: "method_not_allowed" }).with_response_header("allow", "POST"));
+    t.push(case("elevenlabs: 10 KB key", "POST", ELEVENLABS_SCRIBE).header("xi-api-key", &long_key).expect(401, Expect::ElevenLabs { status: "invalid_api_key" }));
+    t.push(case("elevenlabs: redeem-only key", "POST", ELEVENLABS_TTS).header("xi-api-key", redeem_only).expect(403, Expect::ElevenLabs { status: "forbidden" }));
+    t.push(case("elevenlabs: GET", "GET", ELEVENLABS_SCRIBE).header("xi-api-key", dev).expect(405, Expect::ElevenLabs { status: "method_not_allowed" }).with_response_header("allow", "POST"));
     t.push(case("elevenlabs: no type at all", "POST", "/v1/single-use-token/").header("xi-api-key", dev).expect(404, canonical("not_found")));
 
     // ---- GET /api/v1/token (stream token) -----------------------------------------------------
@@ -1230,39 +837,16 @@ struct Server {
 }
 
 fn start_server(env: &[(&str, &str)]) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let last_line = |out: String| out.trim().lines().last().unwrap().trim().to_owned();
+    let (dir, dev) = init_keys();
     let keys = Keys {
-        dev: last_line(cli(dir.path(), &["keys", "init"])),
-        mint_only: last_line(cli(
-            dir.path(),
-            &[
-                "keys",
-                "add-api-key",
-                "--org",
-                "acme",
-                "--scope",
-                "mint",
-                "--name",
-                "m",
-            ],
-        )),
-        redeem_only: last_line(cli(
-            dir.path(),
-            &[
-                "keys",
-                "add-api-key",
-                "--org",
-                "acme",
-                "--scope",
-                "redeem",
-                "--name",
-                "r",
-            ],
-        )),
+        dev,
+        mint_only: add_api_key(dir.path(), "acme", &["mint"], &["--name", "m"]),
+        redeem_only: add_api_key(dir.path(), "acme", &["redeem"], &["--name", "r"]),
     };
     let mut env = env.to_vec();
     env.push(("STREAMTOKEN_RATE_PER_MINUTE", "1000000"));
+    // The demo's routes are in the table too.
+    env.push(("STREAMTOKEN_DEMO", "on"));
     let process = ServerProcess::spawn(dir.path(), &env);
     let address = process.address.trim_start_matches("http://").to_owned();
     Server {
@@ -1324,10 +908,7 @@ fn every_route_answers_every_hostile_request_in_its_own_envelope_and_never_with_
 
     // Act
     let mut failures = Vec::new();
-    let mut by_route = std::collections::BTreeMap::<String, usize>::new();
     for case in &cases {
-        let route = case.what.split(':').next().unwrap().to_owned();
-        *by_route.entry(route).or_default() += 1;
         if let Err(why) = exchange(address, case).and_then(|answer| check(case, &answer)) {
             failures.push(format!("{}: {why}", case.what));
         }
@@ -1351,6 +932,11 @@ fn every_route_answers_every_hostile_request_in_its_own_envelope_and_never_with_
         leaks.is_empty(),
         "credentials in the log:\n{}",
         leaks.join("\n")
+    );
+    let by_route = tally(
+        cases
+            .iter()
+            .map(|case| case.what.split(':').next().unwrap()),
     );
     eprintln!("{} catalogue cases by route: {by_route:?}", cases.len());
 }

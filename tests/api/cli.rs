@@ -6,59 +6,20 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tempfile::TempDir;
 
+use crate::support::forge::kid_of;
+use crate::support::keys::{
+    active_kid, add_api_key, add_api_key_stdout, init_keys, is_api_key, last_line, signing_secret,
+};
 use crate::support::log_capture::looks_secret;
 use crate::support::process::{cli, ServerProcess, BIN};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// `st_` followed by exactly 43 base64url characters.
-fn is_api_key(text: &str) -> bool {
-    text.strip_prefix("st_").is_some_and(|body| {
-        body.len() == 43
-            && body
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    })
-}
-
-fn last_line(output: &str) -> &str {
-    output
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no output: {output:?}"))
-}
-
-/// A keys directory with a dev signing key and a dev API key; returns it with the API key.
-fn initialised_keys_dir() -> (TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = cli(dir.path(), &["keys", "init"]);
-    let key = last_line(&out).to_owned();
-    assert!(is_api_key(&key), "{out}");
-    (dir, key)
-}
-
-fn active_kid(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("signing").join("active"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-fn signing_secret(dir: &Path, kid: &str) -> String {
-    std::fs::read_to_string(dir.join("signing").join(format!("{kid}.key")))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
 
 /// Every file in the keys directory with its contents, to show a command changed nothing.
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -75,10 +36,6 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     }
     files.sort();
     files
-}
-
-fn decode_segment(segment: &str) -> Value {
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(segment).unwrap()).unwrap()
 }
 
 /// The binary with a clean streamtoken environment apart from the keys directory.
@@ -161,24 +118,10 @@ fn keys_init_prints_a_new_api_key_once_and_a_second_run_creates_nothing() {
 #[test]
 fn keys_add_api_key_prints_the_key_alone_as_the_last_line() {
     // Arrange
-    let (dir, _) = initialised_keys_dir();
+    let (dir, _) = init_keys();
 
     // Act
-    let out = cli(
-        dir.path(),
-        &[
-            "keys",
-            "add-api-key",
-            "--org",
-            "acme",
-            "--scope",
-            "mint",
-            "--scope",
-            "redeem",
-            "--name",
-            "ci",
-        ],
-    );
+    let out = add_api_key_stdout(dir.path(), "acme", &["mint", "redeem"], &["--name", "ci"]);
 
     // Assert
     let key = last_line(&out);
@@ -194,26 +137,11 @@ fn keys_add_api_key_prints_the_key_alone_as_the_last_line() {
 #[test]
 fn keys_list_shows_the_org_and_key_id_but_never_a_secret() {
     // Arrange
-    let (dir, dev_key) = initialised_keys_dir();
-    let key = last_line(&cli(
-        dir.path(),
-        &[
-            "keys",
-            "add-api-key",
-            "--org",
-            "acme",
-            "--scope",
-            "mint",
-            "--scope",
-            "redeem",
-            "--name",
-            "ci",
-        ],
-    ))
-    .to_owned();
+    let (dir, dev_key) = init_keys();
+    let key = add_api_key(dir.path(), "acme", &["mint", "redeem"], &["--name", "ci"]);
     let id = format!("ak_{}", &hex::encode(Sha256::digest(key.as_bytes()))[..12]);
     let kid = active_kid(dir.path());
-    let secret = signing_secret(dir.path(), &kid);
+    let secret = String::from_utf8(signing_secret(dir.path(), &kid)).unwrap();
 
     // Act
     let listing = cli(dir.path(), &["keys", "list"]);
@@ -239,12 +167,8 @@ fn keys_list_shows_the_org_and_key_id_but_never_a_secret() {
 #[test]
 fn the_api_keys_file_holds_no_plaintext_key() {
     // Arrange
-    let (dir, dev_key) = initialised_keys_dir();
-    let key = last_line(&cli(
-        dir.path(),
-        &["keys", "add-api-key", "--org", "acme", "--name", "ci"],
-    ))
-    .to_owned();
+    let (dir, dev_key) = init_keys();
+    let key = add_api_key(dir.path(), "acme", &[], &["--name", "ci"]);
 
     // Act
     let stored = std::fs::read_to_string(dir.path().join("api_keys.json")).unwrap();
@@ -264,7 +188,7 @@ fn the_api_keys_file_holds_no_plaintext_key() {
 #[test]
 fn keys_new_signing_key_with_activate_becomes_the_active_key() {
     // Arrange
-    let (dir, _) = initialised_keys_dir();
+    let (dir, _) = init_keys();
     let old = active_kid(dir.path());
 
     // Act
@@ -285,14 +209,13 @@ fn keys_new_signing_key_with_activate_becomes_the_active_key() {
         "the old key still verifies, unmarked: {listing}"
     );
     assert_eq!(listing.matches("(active)").count(), 1, "{listing}");
-    let header = decode_segment(token.split('.').next().unwrap());
-    assert_eq!(header["kid"], json!(kid), "new tokens are signed with it");
+    assert_eq!(kid_of(&token), kid, "new tokens are signed with it");
 }
 
 #[test]
 fn keys_new_signing_key_without_activate_leaves_the_active_key_alone() {
     // Arrange
-    let (dir, _) = initialised_keys_dir();
+    let (dir, _) = init_keys();
     let old = active_kid(dir.path());
 
     // Act
@@ -315,7 +238,7 @@ fn keys_new_signing_key_without_activate_leaves_the_active_key_alone() {
 #[test]
 fn mint_prints_count_distinct_tokens_that_verify_without_being_consumed() {
     // Arrange
-    let (dir, _) = initialised_keys_dir();
+    let (dir, _) = init_keys();
 
     // Act
     let out = cli(
@@ -346,7 +269,7 @@ fn mint_prints_count_distinct_tokens_that_verify_without_being_consumed() {
 #[tokio::test]
 async fn verify_garbage_exits_non_zero_and_says_malformed() {
     // Arrange
-    let (dir, _) = initialised_keys_dir();
+    let (dir, _) = init_keys();
 
     // Act
     let stderr = run_failing(
@@ -362,7 +285,7 @@ async fn verify_garbage_exits_non_zero_and_says_malformed() {
 #[tokio::test]
 async fn mint_refuses_out_of_range_values_and_an_invalid_org() {
     // Arrange
-    let (dir, _) = initialised_keys_dir();
+    let (dir, _) = init_keys();
     let cases: [(&[&str], &str, &str); 4] = [
         (
             &["mint", "--org", "acme", "--ttl", "0"],
@@ -401,7 +324,7 @@ async fn mint_refuses_out_of_range_values_and_an_invalid_org() {
 #[tokio::test]
 async fn serve_with_an_invalid_variable_exits_non_zero_naming_it() {
     // Arrange
-    let (dir, _) = initialised_keys_dir();
+    let (dir, _) = init_keys();
     let cases = [
         (
             "STREAMTOKEN_LEEWAY_SECONDS",
@@ -464,7 +387,12 @@ fn a_signing_key_of_exactly_32_bytes_loads() {
     let dir = tempfile::tempdir().unwrap();
     let signing = dir.path().join("signing");
     std::fs::create_dir_all(&signing).unwrap();
-    std::fs::write(signing.join("edge.key"), format!("{}\n", "s".repeat(32))).unwrap();
+    // 32 bytes, and at least 16 distinct ones (fewer are refused as a placeholder).
+    std::fs::write(
+        signing.join("edge.key"),
+        "0123456789abcdefghijklmnopqrstuv\n",
+    )
+    .unwrap();
     std::fs::write(signing.join("active"), "edge\n").unwrap();
 
     // Act
@@ -490,7 +418,7 @@ fn wait_for_all(server: &ServerProcess, needles: &[&str]) {
 #[tokio::test]
 async fn with_debug_logging_the_server_log_holds_no_token_and_no_api_key() {
     // Arrange
-    let (dir, key) = initialised_keys_dir();
+    let (dir, key) = init_keys();
     let server = ServerProcess::spawn(dir.path(), &[("RUST_LOG", "debug")]);
     let client = reqwest::Client::new();
 

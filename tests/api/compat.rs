@@ -5,9 +5,6 @@
 //! and error body is asserted, every numeric parameter is pushed over its edges, and every token
 //! is redeemed through the canonical `/v1/tokens/redeem`.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use streamtoken::settings::CompatFamilies;
@@ -15,19 +12,15 @@ use streamtoken::tenancy::api_keys::Scope;
 
 use crate::support::app::{spawn_app, spawn_app_with, Options, TestApp};
 use crate::support::fields::{keys_of, now, set, BASE_CLAIMS, REDEEM_RESPONSE_FIELDS};
+use crate::support::forge::claims_of;
+use crate::support::reply::Reply;
+use crate::support::routes::{
+    ASSEMBLYAI, CHAT, CHAT_ALIAS, ELEVENLABS_SCRIBE, ELEVENLABS_TTS, MINT, STREAM_TOKEN,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-const ASSEMBLYAI: &str = "/v3/token";
-const ELEVENLABS_SCRIBE: &str = "/v1/single-use-token/realtime_scribe";
-const ELEVENLABS_TTS: &str = "/v1/single-use-token/tts_websocket";
-const STREAM: &str = "/api/v1/token";
-const CHAT: &str = "/api/v1/chat/token";
-/// The chat page's Node example calls this (a typo on the page, served as an alias).
-const CHAT_ALIAS: &str = "/api/api/v1/chat/token";
-const MINT: &str = "/v1/tokens";
 
 const UNAUTHORIZED: &str = "Unauthorized. Please provide a valid secret key.";
 const INVALID_TTL: &str = "Invalid TTL value. Must be between 1 and 300 seconds";
@@ -42,16 +35,6 @@ const FIFTEEN_MINUTES: i64 = 15 * 60;
 /// Whether a body is in the envelope of the route that produced it.
 type EnvelopeCheck = dyn Fn(&Value) -> bool;
 
-/// The claims of a compact JWS, decoded from its base64url payload.
-fn claims_of(token: &str) -> Value {
-    let parts: Vec<&str> = token.split('.').collect();
-    assert_eq!(parts.len(), 3, "a JWT has three segments: {token}");
-    let bytes = URL_SAFE_NO_PAD
-        .decode(parts[1])
-        .unwrap_or_else(|e| panic!("payload is not base64url without padding: {e}"));
-    serde_json::from_slice(&bytes).expect("the payload is JSON")
-}
-
 /// `exp - iat` of a token's claims: its redemption window.
 fn lifetime(claims: &Value) -> i64 {
     claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap()
@@ -62,68 +45,56 @@ fn chat_body() -> Value {
     json!({"chatbotId": "CHATBOT-ID", "sessionId": "RANDOM-STRING"})
 }
 
-/// A response read in full. Building one asserts the status is not a 5xx and the body is JSON.
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    text: String,
-    body: Value,
-}
-
+/// Reads a reply (see `Reply::read`) that must carry a JSON body: every route here answers in one.
 async fn reply(response: Response, description: &str) -> Reply {
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.expect("a body");
+    let reply = Reply::read(response, description).await;
     assert!(
-        !status.is_server_error(),
-        "{description}: got {status}: {text}"
+        !reply.text.is_empty(),
+        "{description}: an empty body, not JSON"
     );
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{description}: the body is not JSON ({e}): {text:?}"));
-    Reply {
-        status,
-        headers,
-        text,
-        body,
-    }
+    reply
 }
 
 async fn send(request: RequestBuilder, description: &str) -> Reply {
     reply(request.send().await.expect("request failed"), description).await
 }
 
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
+/// A successful mint on `route` (see `minted_token`) that reports a lifetime of `seconds` and
+/// whose token is valid for exactly that long; returns the token's claims.
+fn minted_for(reply: &Reply, route: Route, seconds: i64, description: &str) -> Value {
+    let (token, reported) = minted_token(reply, route, description);
+    assert_eq!(reported, Some(seconds), "{description}");
+    let claims = claims_of(&token);
+    assert_eq!(lifetime(&claims), seconds, "{description}");
+    claims
+}
 
-    /// What every successful minting response carries: JSON, `Cache-Control: no-store`, and the
-    /// rate-limit headers as integers.
-    fn assert_minted(&self, description: &str) {
-        assert_eq!(self.status, StatusCode::OK, "{description}: {}", self.text);
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{description}"
-        );
-        assert_eq!(
-            self.header("cache-control"),
-            Some("no-store"),
-            "{description}"
-        );
-        let number = |name: &str| -> u64 {
-            self.header(name)
-                .unwrap_or_else(|| panic!("{description}: no {name} header"))
-                .parse()
-                .unwrap_or_else(|e| panic!("{description}: {name} is not an integer: {e}"))
-        };
-        let limit = number("x-ratelimit-limit");
-        let remaining = number("x-ratelimit-remaining");
-        assert!(
-            remaining < limit,
-            "{description}: remaining {remaining} < limit {limit}"
-        );
-    }
+/// `GET {path}?{query}`, without a key.
+fn get_with_query(app: &TestApp, path: &str, query: &str) -> RequestBuilder {
+    app.client.get(app.url(&format!("{path}?{query}")))
+}
+
+/// `GET /v3/token?{query}` with the key the way AssemblyAI's examples send it:
+/// `Authorization: <key>`.
+fn assemblyai_get(app: &TestApp, query: &str) -> RequestBuilder {
+    get_with_query(app, ASSEMBLYAI, query).header("authorization", &app.api_key)
+}
+
+/// Asserts a refusal with `status` in `route`'s own envelope, carrying `code`.
+fn assert_refused(reply: &Reply, route: Route, status: StatusCode, code: &str, description: &str) {
+    assert_eq!(reply.status, status, "{description}: {}", reply.text);
+    assert_eq!(
+        route.error_code(&reply.body, description).as_deref(),
+        Some(code),
+        "{description}"
+    );
+}
+
+/// A successful mint (see `Reply::assert_minted`) in `route`'s documented body (see
+/// `Route::success`): the token and the lifetime the body reports.
+fn minted_token(reply: &Reply, route: Route, description: &str) -> (String, Option<i64>) {
+    reply.assert_minted(description);
+    route.success(&reply.body, description)
 }
 
 /// One minimal valid request per compatibility route (and the chat alias), so that tables can
@@ -165,7 +136,7 @@ impl Route {
                 .client
                 .get(app.url(&format!("{ASSEMBLYAI}?expires_in_seconds=60"))),
             Route::ElevenLabs => app.client.post(app.url(ELEVENLABS_SCRIBE)),
-            Route::Stream => app.client.get(app.url(STREAM)),
+            Route::Stream => app.client.get(app.url(STREAM_TOKEN)),
             Route::ChatGet => app.client.get(app.url(CHAT)),
             Route::ChatPost => app.client.post(app.url(CHAT)).json(&chat_body()),
             Route::ChatAlias => app.client.get(app.url(CHAT_ALIAS)),
@@ -344,25 +315,11 @@ async fn the_assemblyai_pages_examples_return_200_with_token_and_expires_in_seco
     for (query, session, description) in cases {
         // Act
         let before = now();
-        let reply = send(
-            app.client
-                .get(app.url(&format!("{ASSEMBLYAI}?{query}")))
-                .header("authorization", &app.api_key),
-            description,
-        )
-        .await;
+        let reply = send(assemblyai_get(&app, query), description).await;
 
         // Assert
-        reply.assert_minted(description);
-        assert_eq!(
-            keys_of(&reply.body),
-            set(&["token", "expires_in_seconds"]),
-            "{description}"
-        );
-        assert_eq!(reply.body["expires_in_seconds"], json!(60), "{description}");
-        let claims = claims_of(reply.body["token"].as_str().unwrap());
+        let claims = minted_for(&reply, Route::AssemblyAi, 60, description);
         assert_eq!(claims["token_type"], "realtime", "{description}");
-        assert_eq!(lifetime(&claims), 60, "{description}");
         assert_eq!(
             claims["max_session_duration_seconds"],
             json!(session),
@@ -400,9 +357,8 @@ async fn the_elevenlabs_pages_examples_return_200_with_only_a_token() {
         let reply = send(request, description).await;
 
         // Assert
-        reply.assert_minted(description);
-        assert_eq!(keys_of(&reply.body), set(&["token"]), "{description}");
-        let claims = claims_of(reply.body["token"].as_str().unwrap());
+        let (token, _) = minted_token(&reply, Route::ElevenLabs, description);
+        let claims = claims_of(&token);
         assert_eq!(claims["token_type"], token_type, "{description}");
         assert_eq!(lifetime(&claims), FIFTEEN_MINUTES, "{description}");
         assert_eq!(claims["org"], "dev", "{description}");
@@ -426,32 +382,21 @@ async fn the_stream_token_pages_examples_return_200_with_success_token_and_ttl()
     for (query, ttl, description) in cases {
         // Act
         let reply = send(
-            app.client
-                .get(app.url(&format!("{STREAM}?{query}")))
-                .header("authorization", format!("Bearer {}", app.api_key)),
+            get_with_query(&app, STREAM_TOKEN, query).bearer_auth(&app.api_key),
             description,
         )
         .await;
 
         // Assert
-        reply.assert_minted(description);
-        assert_eq!(
-            keys_of(&reply.body),
-            set(&["success", "token", "ttl"]),
-            "{description}"
-        );
-        assert_eq!(reply.body["success"], json!(true), "{description}");
-        assert_eq!(reply.body["ttl"], json!(ttl), "{description}");
-        let claims = claims_of(reply.body["token"].as_str().unwrap());
+        let claims = minted_for(&reply, Route::Stream, ttl, description);
         assert_eq!(claims["token_type"], "stream", "{description}");
-        assert_eq!(lifetime(&claims), ttl, "{description}");
     }
 }
 
 #[tokio::test]
 async fn the_chat_pages_examples_with_an_api_key_return_200_with_success_token_and_expires_in() {
     // Arrange: the POST example sends a Bearer key; the GET examples send none, so the key is
-    // added (DESIGN.md: a key is required).
+    // added (every minting route requires a key, whatever the page's example sends).
     let app = spawn_app().await;
     let bearer = format!("Bearer {}", app.api_key);
     let page_body = chat_body().to_string();
@@ -465,6 +410,12 @@ async fn the_chat_pages_examples_with_an_api_key_return_200_with_success_token_a
     ];
 
     for (method, path, body, expires_in, ctx, description) in cases {
+        let route = if method == reqwest::Method::POST {
+            Route::ChatPost
+        } else {
+            Route::ChatGet
+        };
+
         // Act
         let mut request = app
             .client
@@ -479,17 +430,8 @@ async fn the_chat_pages_examples_with_an_api_key_return_200_with_success_token_a
         let reply = send(request, description).await;
 
         // Assert
-        reply.assert_minted(description);
-        assert_eq!(
-            keys_of(&reply.body),
-            set(&["success", "token", "expires_in"]),
-            "{description}"
-        );
-        assert_eq!(reply.body["success"], json!(true), "{description}");
-        assert_eq!(reply.body["expires_in"], json!(expires_in), "{description}");
-        let claims = claims_of(reply.body["token"].as_str().unwrap());
+        let claims = minted_for(&reply, route, expires_in, description);
         assert_eq!(claims["token_type"], "chat", "{description}");
-        assert_eq!(lifetime(&claims), expires_in, "{description}");
         assert_eq!(claims.get("ctx"), ctx.as_ref(), "{description}");
     }
 }
@@ -525,11 +467,7 @@ async fn the_chat_pages_keyless_examples_get_401_in_the_chat_envelope() {
         // Assert
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{description}");
         assert_eq!(reply.body, expected, "{description}");
-        assert_eq!(
-            reply.header("cache-control"),
-            Some("no-store"),
-            "{description}"
-        );
+        reply.assert_no_store(description);
     }
 }
 
@@ -555,7 +493,7 @@ async fn the_stream_token_route_answers_401_with_the_pages_body_word_for_word() 
 
     for (header, query, description) in cases {
         // Act
-        let mut request = app.client.get(app.url(&format!("{STREAM}?{query}")));
+        let mut request = get_with_query(&app, STREAM_TOKEN, query);
         if let Some((name, value)) = header {
             request = request.header(name, value);
         }
@@ -564,11 +502,7 @@ async fn the_stream_token_route_answers_401_with_the_pages_body_word_for_word() 
         // Assert
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{description}");
         assert_eq!(reply.text, STREAM_401, "{description}");
-        assert_eq!(
-            reply.header("cache-control"),
-            Some("no-store"),
-            "{description}"
-        );
+        reply.assert_no_store(description);
     }
 }
 
@@ -640,8 +574,7 @@ async fn every_compat_route_accepts_each_of_the_three_api_key_header_forms() {
             let reply = send(route.request(&app).header(*name, value), &description).await;
 
             // Assert
-            reply.assert_minted(&description);
-            let (token, _) = route.success(&reply.body, &description);
+            let (token, _) = minted_token(&reply, route, &description);
             assert_eq!(claims_of(&token)["org"], "dev", "{description}");
         }
     }
@@ -666,9 +599,13 @@ async fn a_key_without_the_mint_scope_gets_403_in_each_routes_envelope() {
         .await;
 
         // Assert
-        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{description}");
-        let code = route.error_code(&reply.body, &description);
-        assert_eq!(code.as_deref(), Some("forbidden"), "{description}");
+        assert_refused(
+            &reply,
+            route,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &description,
+        );
         assert!(
             reply.text.contains("mint"),
             "{description}: the message names the missing scope: {}",
@@ -738,23 +675,11 @@ async fn assemblyai_without_expires_in_seconds_answers_400_naming_the_required_p
 
     for (query, description) in cases {
         // Act
-        let reply = send(
-            app.client
-                .get(app.url(&format!("{ASSEMBLYAI}?{query}")))
-                .header("authorization", &app.api_key),
-            description,
-        )
-        .await;
+        let reply = send(assemblyai_get(&app, query), description).await;
 
         // Assert
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{description}");
-        assert_eq!(
-            Route::AssemblyAi
-                .error_code(&reply.body, description)
-                .as_deref(),
-            Some("invalid_request"),
-            "{description}"
-        );
+        let (route, code) = (Route::AssemblyAi, "invalid_request");
+        assert_refused(&reply, route, StatusCode::BAD_REQUEST, code, description);
         assert_eq!(
             reply.body,
             json!({
@@ -764,11 +689,7 @@ async fn assemblyai_without_expires_in_seconds_answers_400_naming_the_required_p
             }),
             "{description}"
         );
-        assert_eq!(
-            reply.header("cache-control"),
-            Some("no-store"),
-            "{description}"
-        );
+        reply.assert_no_store(description);
     }
 }
 
@@ -776,40 +697,44 @@ async fn assemblyai_without_expires_in_seconds_answers_400_naming_the_required_p
 // Edge values of every numeric parameter
 // ---------------------------------------------------------------------------------------------
 
+/// Sends `request(query)` for every edge value of the numeric parameter `name` (see
+/// `numeric_edge_cases`) and checks each reply: `accepted(reply, value, description)` where the
+/// value is in `min..=max`, `refused(reply, description)` everywhere else.
+async fn check_edge_values(
+    label: &str,
+    (name, min, max): (&str, u32, u32),
+    request: impl Fn(&str) -> RequestBuilder,
+    accepted: impl Fn(&Reply, u32, &str),
+    refused: impl Fn(&Reply, &str),
+) {
+    for (query, value, what) in numeric_edge_cases(name, min, max) {
+        let description = format!("{label} {what} ({query})");
+        let reply = send(request(&query), &description).await;
+        match value {
+            Some(value) => accepted(&reply, value, &description),
+            None => refused(&reply, &description),
+        }
+    }
+}
+
 #[tokio::test]
 async fn assemblyai_expires_in_seconds_accepts_1_to_600_and_refuses_every_other_value_with_400() {
     // Arrange
     let app = spawn_app().await;
 
-    for (query, accepted, description) in numeric_edge_cases("expires_in_seconds", 1, 600) {
-        let description = format!("expires_in_seconds {description} ({query})");
-
-        // Act
-        let reply = send(
-            app.client
-                .get(app.url(&format!("{ASSEMBLYAI}?{query}")))
-                .header("authorization", &app.api_key),
-            &description,
-        )
-        .await;
-
-        // Assert
-        match accepted {
-            Some(value) => {
-                reply.assert_minted(&description);
-                let (token, reported) = Route::AssemblyAi.success(&reply.body, &description);
-                assert_eq!(reported, Some(i64::from(value)), "{description}");
-                let claims = claims_of(&token);
-                assert_eq!(lifetime(&claims), i64::from(value), "{description}");
-                assert_eq!(
-                    claims["max_session_duration_seconds"],
-                    json!(10_800),
-                    "{description}"
-                );
-            }
-            None => assert_assemblyai_400(&reply, "expires_in_seconds", &description),
-        }
-    }
+    // Act + Assert
+    check_edge_values(
+        "expires_in_seconds",
+        ("expires_in_seconds", 1, 600),
+        |query| assemblyai_get(&app, query),
+        |reply, value, description| {
+            let claims = minted_for(reply, Route::AssemblyAi, value.into(), description);
+            let session = &claims["max_session_duration_seconds"];
+            assert_eq!(session, &json!(10_800), "{description}");
+        },
+        |reply, description| assert_assemblyai_400(reply, "expires_in_seconds", description),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -818,59 +743,32 @@ async fn assemblyai_max_session_duration_seconds_accepts_60_to_10800_and_refuses
     // Arrange
     let app = spawn_app().await;
 
-    for (query, accepted, description) in
-        numeric_edge_cases("max_session_duration_seconds", 60, 10_800)
-    {
-        let description = format!("max_session_duration_seconds {description} ({query})");
-
-        // Act
-        let reply = send(
-            app.client
-                .get(app.url(&format!("{ASSEMBLYAI}?expires_in_seconds=30&{query}")))
-                .header("authorization", &app.api_key),
-            &description,
-        )
-        .await;
-
-        // Assert
-        match accepted {
-            Some(value) => {
-                reply.assert_minted(&description);
-                let (token, reported) = Route::AssemblyAi.success(&reply.body, &description);
-                assert_eq!(reported, Some(30), "{description}");
-                let claims = claims_of(&token);
-                assert_eq!(lifetime(&claims), 30, "{description}");
-                assert_eq!(
-                    claims["max_session_duration_seconds"],
-                    json!(value),
-                    "{description}"
-                );
-            }
-            None => assert_assemblyai_400(&reply, "max_session_duration_seconds", &description),
-        }
-    }
+    // Act + Assert
+    check_edge_values(
+        "max_session_duration_seconds",
+        ("max_session_duration_seconds", 60, 10_800),
+        |query| assemblyai_get(&app, &format!("expires_in_seconds=30&{query}")),
+        |reply, value, description| {
+            let claims = minted_for(reply, Route::AssemblyAi, 30, description);
+            let session = &claims["max_session_duration_seconds"];
+            assert_eq!(session, &json!(value), "{description}");
+        },
+        |reply, description| {
+            assert_assemblyai_400(reply, "max_session_duration_seconds", description)
+        },
+    )
+    .await;
 }
 
 /// A refused AssemblyAI parameter: 400 `{error, code, details}` naming the parameter.
 fn assert_assemblyai_400(reply: &Reply, parameter: &str, description: &str) {
-    assert_eq!(
-        reply.status,
-        StatusCode::BAD_REQUEST,
-        "{description}: {}",
-        reply.text
-    );
+    let (route, code) = (Route::AssemblyAi, "invalid_request");
+    assert_refused(reply, route, StatusCode::BAD_REQUEST, code, description);
     assert_eq!(
         keys_of(&reply.body),
         set(&["error", "code", "details"]),
         "{description}: {}",
         reply.text
-    );
-    assert_eq!(
-        Route::AssemblyAi
-            .error_code(&reply.body, description)
-            .as_deref(),
-        Some("invalid_request"),
-        "{description}"
     );
     assert_eq!(
         reply.body["details"],
@@ -879,11 +777,7 @@ fn assert_assemblyai_400(reply: &Reply, parameter: &str, description: &str) {
     );
     let message = reply.body["error"].as_str().unwrap();
     assert!(message.contains(parameter), "{description}: {message}");
-    assert_eq!(
-        reply.header("cache-control"),
-        Some("no-store"),
-        "{description}"
-    );
+    reply.assert_no_store(description);
 }
 
 #[tokio::test]
@@ -891,43 +785,21 @@ async fn stream_ttl_accepts_1_to_300_and_refuses_every_other_value_with_400_inva
     // Arrange
     let app = spawn_app().await;
 
-    for (query, accepted, description) in numeric_edge_cases("ttl", 1, 300) {
-        let description = format!("ttl {description} ({query})");
-
-        // Act
-        let reply = send(
-            app.client
-                .get(app.url(&format!("{STREAM}?{query}")))
-                .bearer_auth(&app.api_key),
-            &description,
-        )
-        .await;
-
-        // Assert
-        match accepted {
-            Some(value) => {
-                reply.assert_minted(&description);
-                let (token, reported) = Route::Stream.success(&reply.body, &description);
-                assert_eq!(reported, Some(i64::from(value)), "{description}");
-                assert_eq!(
-                    lifetime(&claims_of(&token)),
-                    i64::from(value),
-                    "{description}"
-                );
-            }
-            None => {
-                assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{description}");
-                assert_eq!(
-                    Route::Stream
-                        .error_code(&reply.body, &description)
-                        .as_deref(),
-                    Some("invalid_ttl"),
-                    "{description}"
-                );
-                assert_eq!(reply.text, STREAM_400, "{description}");
-            }
-        }
-    }
+    // Act + Assert
+    check_edge_values(
+        "ttl",
+        ("ttl", 1, 300),
+        |query| get_with_query(&app, STREAM_TOKEN, query).bearer_auth(&app.api_key),
+        |reply, value, description| {
+            minted_for(reply, Route::Stream, value.into(), description);
+        },
+        |reply, description| {
+            let (route, code) = (Route::Stream, "invalid_ttl");
+            assert_refused(reply, route, StatusCode::BAD_REQUEST, code, description);
+            assert_eq!(reply.text, STREAM_400, "{description}");
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -941,39 +813,28 @@ async fn chat_ttl_accepts_1_to_300_and_refuses_every_other_value_with_400_invali
     });
 
     for route in [Route::ChatGet, Route::ChatPost] {
-        for (query, accepted, description) in numeric_edge_cases("ttl", 1, 300) {
-            let description = format!("{route:?} ttl {description} ({query})");
-            let mut request = match route {
-                Route::ChatGet => app.client.get(app.url(&format!("{CHAT}?{query}"))),
-                _ => app
-                    .client
-                    .post(app.url(&format!("{CHAT}?{query}")))
-                    .json(&chat_body()),
-            };
-            request = request.bearer_auth(&app.api_key);
-
-            // Act
-            let reply = send(request, &description).await;
-
-            // Assert
-            match accepted {
-                Some(value) => {
-                    reply.assert_minted(&description);
-                    let (token, reported) = route.success(&reply.body, &description);
-                    assert_eq!(reported, Some(i64::from(value)), "{description}");
-                    assert_eq!(
-                        lifetime(&claims_of(&token)),
-                        i64::from(value),
-                        "{description}"
-                    );
-                }
-                None => {
-                    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{description}");
-                    route.error_code(&reply.body, &description);
-                    assert_eq!(reply.body, invalid_ttl, "{description}");
-                }
-            }
-        }
+        // Act + Assert
+        check_edge_values(
+            &format!("{route:?} ttl"),
+            ("ttl", 1, 300),
+            |query| {
+                let url = app.url(&format!("{CHAT}?{query}"));
+                let request = match route {
+                    Route::ChatGet => app.client.get(url),
+                    _ => app.client.post(url).json(&chat_body()),
+                };
+                request.bearer_auth(&app.api_key)
+            },
+            |reply, value, description| {
+                minted_for(reply, route, value.into(), description);
+            },
+            |reply, description| {
+                assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{description}");
+                route.error_code(&reply.body, description);
+                assert_eq!(reply.body, invalid_ttl, "{description}");
+            },
+        )
+        .await;
     }
 }
 
@@ -995,7 +856,7 @@ async fn tokens_from_every_compat_route_redeem_once_and_carry_the_routes_claims(
         (Route::AssemblyAi, get("/v3/token?expires_in_seconds=600&max_session_duration_seconds=60"), "realtime", 600, 60, None, "AssemblyAI with both parameters"),
         (Route::ElevenLabs, post(ELEVENLABS_SCRIBE), "realtime_scribe", FIFTEEN_MINUTES, 3600, None, "ElevenLabs realtime_scribe"),
         (Route::ElevenLabs, post(ELEVENLABS_TTS), "tts_websocket", FIFTEEN_MINUTES, 3600, None, "ElevenLabs tts_websocket"),
-        (Route::Stream, get(STREAM), "stream", 60, 3600, None, "stream with the default ttl"),
+        (Route::Stream, get(STREAM_TOKEN), "stream", 60, 3600, None, "stream with the default ttl"),
         (Route::Stream, get("/api/v1/token?ttl=7"), "stream", 7, 3600, None, "stream with ttl=7"),
         (Route::ChatGet, get(CHAT), "chat", 60, 3600, None, "chat GET with the default ttl"),
         (Route::ChatAlias, get("/api/api/v1/chat/token?ttl=17"), "chat", 17, 3600, None, "chat GET on the alias with ttl=17"),
@@ -1011,8 +872,7 @@ async fn tokens_from_every_compat_route_redeem_once_and_carry_the_routes_claims(
         let after = now();
 
         // Assert: the token
-        minted.assert_minted(description);
-        let (token, reported) = route.success(&minted.body, description);
+        let (token, reported) = minted_token(&minted, route, description);
         if let Some(reported) = reported {
             assert_eq!(reported, window, "{description}");
         }
@@ -1125,14 +985,7 @@ async fn chat_post_bodies_are_bound_into_ctx_or_refused_in_the_chat_envelope() {
     ];
 
     for (content_type, body, expected_status, expected, description) in cases {
-        let mut request = app
-            .client
-            .post(app.url(CHAT))
-            .bearer_auth(&app.api_key)
-            .body(body);
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
+        let request = app.raw_post(CHAT, content_type, body);
 
         // Act
         let reply = send(request, description).await;
@@ -1145,23 +998,12 @@ async fn chat_post_bodies_are_bound_into_ctx_or_refused_in_the_chat_envelope() {
         );
         match expected {
             Ok(ctx) => {
-                reply.assert_minted(description);
-                let (token, _) = Route::ChatPost.success(&reply.body, description);
+                let (token, _) = minted_token(&reply, Route::ChatPost, description);
                 assert_eq!(claims_of(&token).get("ctx"), ctx.as_ref(), "{description}");
             }
             Err(code) => {
-                assert_eq!(
-                    Route::ChatPost
-                        .error_code(&reply.body, description)
-                        .as_deref(),
-                    Some(code),
-                    "{description}"
-                );
-                assert_eq!(
-                    reply.header("cache-control"),
-                    Some("no-store"),
-                    "{description}"
-                );
+                assert_refused(&reply, Route::ChatPost, expected_status, code, description);
+                reply.assert_no_store(description);
             }
         }
     }
@@ -1189,8 +1031,7 @@ async fn each_compat_family_can_be_served_alone_while_the_others_answer_404() {
 
             // Assert
             if route.family() == family {
-                reply.assert_minted(&description);
-                route.success(&reply.body, &description);
+                minted_token(&reply, route, &description);
             } else {
                 assert_not_found(&reply, &description);
             }
@@ -1248,7 +1089,7 @@ async fn a_wrong_method_on_a_compat_route_answers_405_in_that_routes_envelope() 
         // (method, path, envelope check, description)
         (reqwest::Method::POST, "/v3/token?expires_in_seconds=60", &assemblyai, "POST /v3/token, as the AssemblyAI guide's prose says"),
         (reqwest::Method::GET, ELEVENLABS_SCRIBE, &elevenlabs, "GET on the ElevenLabs route"),
-        (reqwest::Method::PUT, STREAM, &stream, "PUT on the stream-token route"),
+        (reqwest::Method::PUT, STREAM_TOKEN, &stream, "PUT on the stream-token route"),
         (reqwest::Method::DELETE, CHAT, &chat, "DELETE on the chat route"),
         (reqwest::Method::PATCH, CHAT_ALIAS, &chat, "PATCH on the chat alias"),
     ];

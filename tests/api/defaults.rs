@@ -2,15 +2,12 @@
 //! `Cache-Control: no-store`; no response names the server or its version; and no route grants
 //! cross-origin access, to a preflight or to a request that carries an `Origin`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 
 use crate::support::app::{spawn_app, TestApp};
+use crate::support::raw_http::{exchange, BuildRaw, Frames, RawRequest};
 
 const EVIL_ORIGIN: &str = "https://evil.example";
 
@@ -84,6 +81,16 @@ fn request(
     request
 }
 
+/// A request with the dev key to each minting route: `(description, request)`.
+fn minting_requests(app: &TestApp) -> Vec<(&'static str, RequestBuilder)> {
+    minting_routes()
+        .into_iter()
+        .map(|(description, method, path, body)| {
+            (description, request(app, method, path, body.as_ref(), true))
+        })
+        .collect()
+}
+
 fn cache_control(headers: &HeaderMap) -> Option<&str> {
     headers.get("cache-control").map(|v| v.to_str().unwrap())
 }
@@ -94,12 +101,9 @@ async fn every_response_that_carries_a_token_is_cache_control_no_store() {
     let app = spawn_app().await;
     let mut failures = Vec::new();
 
-    for (description, method, path, body) in minting_routes() {
+    for (description, request) in minting_requests(&app) {
         // Act
-        let response = request(&app, method, path, body.as_ref(), true)
-            .send()
-            .await
-            .unwrap();
+        let response = request.send().await.unwrap();
 
         // Assert
         let status = response.status();
@@ -159,36 +163,6 @@ async fn every_redemption_and_introspection_answer_is_cache_control_no_store() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-/// Status line and headers of one raw exchange (for what reqwest cannot send or read).
-fn raw_head(address: &str, request: &[u8]) -> (u16, Vec<(String, String)>) {
-    let mut stream = TcpStream::connect(address.trim_start_matches("http://")).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let _ = stream.write_all(request);
-    let mut raw = Vec::new();
-    let mut buffer = [0u8; 8192];
-    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => raw.extend_from_slice(&buffer[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers)
 }
 
 /// Headers that would tell a scanner what runs here.
@@ -269,30 +243,21 @@ async fn no_response_names_the_server_or_its_version() {
         }
     }
     let token = app.mint_token(json!({})).await;
-    let upgrade = format!(
-        "GET /v1/stream?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n"
-    );
-    let oversized = format!(
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
-        "a".repeat(140 * 1024)
-    );
+    let upgrade = RawRequest::new("GET", format!("/v1/stream?token={token}")).websocket();
+    let invalid_target = RawRequest::new("GET", b"/healthz?\xff");
+    let oversized = RawRequest::new("GET", "/healthz").header("X-Big", "a".repeat(140 * 1024));
     let address = app.address.clone();
     let raw = tokio::task::spawn_blocking(move || {
         [
-            ("WebSocket upgrade", upgrade.into_bytes(), 101),
-            (
-                "invalid request target",
-                b"GET /healthz?\xff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
-                400,
-            ),
-            ("oversized head", oversized.into_bytes(), 431),
+            ("WebSocket upgrade", upgrade, 101),
+            ("invalid request target", invalid_target, 400),
+            ("oversized head", oversized, 431),
         ]
         .into_iter()
-        .map(|(description, bytes, expected)| {
-            let (status, headers) = raw_head(&address, &bytes);
-            (description, status, expected, headers)
+        .map(|(description, request, expected)| {
+            let answer = exchange(&address, &request, Frames::First)
+                .unwrap_or_else(|e| panic!("{description}: {e}"));
+            (description, answer.status, expected, answer.headers)
         })
         .collect::<Vec<_>>()
     })
@@ -372,13 +337,9 @@ async fn a_request_with_an_origin_gets_no_access_control_allow_origin() {
     let app = spawn_app().await;
     let mut failures = Vec::new();
 
-    for (description, method, path, body) in minting_routes() {
+    for (description, request) in minting_requests(&app) {
         // Act
-        let response = request(&app, method, path, body.as_ref(), true)
-            .header("Origin", EVIL_ORIGIN)
-            .send()
-            .await
-            .unwrap();
+        let response = request.header("Origin", EVIL_ORIGIN).send().await.unwrap();
 
         // Assert: the request is served (CORS is the browser's business), but nothing allows
         // a script on another origin to read the answer.

@@ -10,19 +10,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{json, Value};
-use streamtoken::keys::admin::NewApiKey;
 use streamtoken::settings::RateQuota;
 use streamtoken::tenancy::api_keys::Scope;
-use streamtoken::tenancy::org::Org;
 use tokio::sync::Barrier;
 
-use crate::support::app::{redis_settings, spawn_app, spawn_app_with, Options, TestApp};
+use crate::support::app::{
+    new_api_key, redis_settings, spawn_app, spawn_app_with, Options, TestApp,
+};
+use crate::support::keys::{add_api_key, init_keys};
 use crate::support::log_capture::looks_secret;
-use crate::support::process::{cli, ServerProcess};
+use crate::support::outcomes::tally;
+use crate::support::process::ServerProcess;
 use crate::support::redis_server::RedisServer;
+use crate::support::reply::{self, Reply};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -48,79 +50,9 @@ const NO_CREDITS_PAGE_MESSAGE: &str =
     "No credits remaining. Please add credits to continue using the service.";
 const NO_CREDITS_MESSAGE: &str = "no credits remaining for this organisation";
 
-/// A response read in full. Building one asserts it is not a 5xx.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    text: String,
-    /// The body as JSON; `Null` when empty.
-    body: Value,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-
-    /// A header that must be a whole number when present.
-    fn number(&self, name: &str) -> Option<u64> {
-        self.header(name).map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}: {v:?} is not a whole number"))
-        })
-    }
-
-    /// `(x-ratelimit-limit, x-ratelimit-remaining)`.
-    fn quota(&self) -> (Option<u64>, Option<u64>) {
-        (
-            self.number("x-ratelimit-limit"),
-            self.number("x-ratelimit-remaining"),
-        )
-    }
-
-    /// "200", or the status and the error code whichever envelope carried it.
-    fn outcome(&self) -> String {
-        if self.status == StatusCode::OK {
-            return "200".into();
-        }
-        let code = self.body["error"]["code"]
-            .as_str()
-            .or(self.body["code"].as_str())
-            .or(self.body["detail"]["status"].as_str())
-            .unwrap_or("-");
-        format!("{} {code}", self.status.as_u16())
-    }
-}
-
+/// Every request of this file goes through here, so none may be answered with a 5xx.
 async fn send(request: RequestBuilder) -> Reply {
-    let response = request.send().await.expect("request failed");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.expect("a readable body");
-    assert!(
-        !status.is_server_error(),
-        "no request may be answered with a 5xx; got {status}: {text}"
-    );
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
-    };
-    Reply {
-        status,
-        headers,
-        text,
-        body,
-    }
-}
-
-fn tally(outcomes: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for outcome in outcomes {
-        *counts.entry(outcome).or_insert(0) += 1;
-    }
-    counts
+    reply::send(request, "no request may be answered with a 5xx").await
 }
 
 /// A minting route, with the request and the bodies its vendor's clients expect.
@@ -284,30 +216,21 @@ async fn spawn_app_at_rate(per_minute: u32) -> TestApp {
     .await
 }
 
-fn new_key(
-    org: &str,
-    scopes: &[Scope],
-    rate_per_minute: Option<u32>,
-    credits: Option<u64>,
-) -> NewApiKey {
-    NewApiKey {
-        org: Org::parse(org).unwrap(),
-        name: "limits-test".into(),
-        scopes: scopes.to_vec(),
-        rate_per_minute,
-        credits,
-        any_org: false,
-    }
+/// A mint-and-redeem key of org "acme", which may redeem `credits` times.
+fn acme_with_credits(app: &TestApp, credits: u64) -> String {
+    let scopes = [Scope::Mint, Scope::Redeem];
+    app.add_api_key_with(new_api_key("acme", &scopes, None, Some(credits)))
+}
+
+fn redemption(client: &reqwest::Client, base: &str, key: &str, token: &str) -> RequestBuilder {
+    client
+        .post(format!("{base}/v1/tokens/redeem"))
+        .bearer_auth(key)
+        .json(&json!({ "token": token }))
 }
 
 async fn redeem(client: &reqwest::Client, base: &str, key: &str, token: &str) -> Reply {
-    send(
-        client
-            .post(format!("{base}/v1/tokens/redeem"))
-            .bearer_auth(key)
-            .json(&json!({ "token": token })),
-    )
-    .await
+    send(redemption(client, base, key, token)).await
 }
 
 async fn introspect(client: &reqwest::Client, base: &str, key: &str, token: &str) -> Value {
@@ -498,7 +421,7 @@ async fn a_key_with_its_own_rate_uses_it_on_every_route_while_the_orgs_other_key
     // Arrange: three keys of org "dev": the default one, a second without an override, and one
     // with `rate_per_minute: 2` in the keys file.
     let app = spawn_app_at_rate(RATE).await;
-    let overridden = app.add_api_key_with(new_key("dev", &[Scope::Mint], Some(2), None));
+    let overridden = app.add_api_key_with(new_api_key("dev", &[Scope::Mint], Some(2), None));
     let second = app.add_api_key("dev", &[Scope::Mint]);
     let first = app.api_key.clone();
 
@@ -523,25 +446,11 @@ async fn a_key_with_its_own_rate_uses_it_on_every_route_while_the_orgs_other_key
 #[tokio::test]
 async fn keys_add_api_key_writes_rate_per_minute_and_credits_and_a_real_server_applies_them() {
     // Arrange
-    let dir = tempfile::tempdir().unwrap();
-    let init = cli(dir.path(), &["keys", "init"]);
-    let dev_key = init.lines().last().unwrap().trim().to_owned();
+    let (dir, dev_key) = init_keys();
 
     // Act
-    let output = cli(
-        dir.path(),
-        &[
-            "keys",
-            "add-api-key",
-            "--org",
-            "acme",
-            "--rate-per-minute",
-            "3",
-            "--credits",
-            "10",
-        ],
-    );
-    let acme_key = output.lines().last().unwrap().trim().to_owned();
+    let rate_and_credits = ["--rate-per-minute", "3", "--credits", "10"];
+    let acme_key = add_api_key(dir.path(), "acme", &[], &rate_and_credits);
 
     // Assert: the record in api_keys.json.
     let file: Value =
@@ -631,12 +540,7 @@ async fn credits_are_spent_by_redemptions_and_a_spent_org_can_neither_mint_nor_r
 ) {
     // Arrange: org "acme" with 2 credits.
     let app = spawn_app().await;
-    let acme = app.add_api_key_with(new_key(
-        "acme",
-        &[Scope::Mint, Scope::Redeem],
-        None,
-        Some(2),
-    ));
+    let acme = acme_with_credits(&app, 2);
     let (client, base) = (&app.client, app.address.as_str());
 
     // Act + Assert: minting is free.
@@ -681,7 +585,7 @@ async fn credits_are_spent_by_redemptions_and_a_spent_org_can_neither_mint_nor_r
     );
 
     // Topping up (another acme key with 3 credits; the allowance is the largest) lets it through.
-    app.add_api_key_with(new_key("acme", &[Scope::Mint], None, Some(3)));
+    app.add_api_key_with(new_api_key("acme", &[Scope::Mint], None, Some(3)));
     assert_eq!(usage(client, base, &acme).await["credits_remaining"], 1);
     let redeemed = redeem(client, base, &acme, &tokens[2]).await;
     assert_eq!(redeemed.status, StatusCode::OK, "{}", redeemed.text);
@@ -721,12 +625,7 @@ async fn an_org_without_credits_is_unlimited_and_shows_credits_remaining_null() 
 async fn thirty_concurrent_redemptions_against_ten_credits_get_exactly_ten_200s_and_twenty_402s() {
     // Arrange
     let app = spawn_app().await;
-    let acme = app.add_api_key_with(new_key(
-        "acme",
-        &[Scope::Mint, Scope::Redeem],
-        None,
-        Some(10),
-    ));
+    let acme = acme_with_credits(&app, 10);
     let mut tokens = Vec::new();
     for _ in 0..30 {
         let reply = mint_ok(&app, Route::Canonical, &acme).await;
@@ -736,12 +635,7 @@ async fn thirty_concurrent_redemptions_against_ten_credits_get_exactly_ten_200s_
     // Act
     let requests = tokens
         .iter()
-        .map(|token| {
-            app.client
-                .post(app.url("/v1/tokens/redeem"))
-                .bearer_auth(&acme)
-                .json(&json!({ "token": token }))
-        })
+        .map(|token| redemption(&app.client, &app.address, &acme, token))
         .collect();
     let replies = send_all_at_once(requests).await;
 
@@ -783,12 +677,7 @@ async fn concurrent_redemptions_of_one_unpaid_token_are_all_refused_for_credit_n
             ..Options::default()
         })
         .await;
-        let acme = app.add_api_key_with(new_key(
-            "acme",
-            &[Scope::Mint, Scope::Redeem],
-            None,
-            Some(1),
-        ));
+        let acme = acme_with_credits(&app, 1);
         let spent = mint_ok(&app, Route::Canonical, &acme).await;
         let unpaid = mint_ok(&app, Route::Canonical, &acme).await;
         let spent = spent.body["token"].as_str().unwrap();
@@ -798,12 +687,7 @@ async fn concurrent_redemptions_of_one_unpaid_token_are_all_refused_for_credit_n
 
         // Act: the unpaid token, 200 times at once.
         let requests = (0..200)
-            .map(|_| {
-                app.client
-                    .post(app.url("/v1/tokens/redeem"))
-                    .bearer_auth(&acme)
-                    .json(&json!({ "token": unpaid }))
-            })
+            .map(|_| redemption(&app.client, &app.address, &acme, unpaid))
             .collect();
         let replies = send_all_at_once(requests).await;
 
@@ -826,7 +710,7 @@ async fn concurrent_redemptions_of_one_unpaid_token_are_all_refused_for_credit_n
 async fn usage_requires_an_api_key_and_reports_only_the_callers_org() {
     // Arrange
     let app = spawn_app().await;
-    let beta = app.add_api_key_with(new_key("beta", &[Scope::Mint], None, Some(7)));
+    let beta = app.add_api_key_with(new_api_key("beta", &[Scope::Mint], None, Some(7)));
     let gateway = app.add_api_key("gamma", &[Scope::Redeem]);
     let token = app.mint_token(json!({})).await;
     assert_eq!(app.redeem(&token).await.status(), StatusCode::OK);
@@ -870,14 +754,15 @@ async fn usage_requires_an_api_key_and_reports_only_the_callers_org() {
             "{description}"
         );
     }
-    // Naming another org in the query changes nothing.
+    // Naming another org in the query is refused: a key reads only its own org's usage.
     let asked = send(
         app.client
             .get(app.url("/v1/usage?org=dev"))
             .bearer_auth(&beta),
     )
     .await;
-    assert_eq!(asked.body["org"], "beta", "{}", asked.text);
+    assert_eq!(asked.status, StatusCode::FORBIDDEN, "{}", asked.text);
+    assert_eq!(asked.body["error"]["code"], "wrong_org", "{}", asked.text);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -906,24 +791,13 @@ async fn two_server_processes_on_one_redis_spend_one_shared_credit_balance() {
         return;
     };
     // Arrange: org acme with 4 credits, two servers on the same Redis and prefix.
-    let keys = tempfile::tempdir().unwrap();
-    cli(keys.path(), &["keys", "init"]);
-    let output = cli(
+    let (keys, _) = init_keys();
+    let key = add_api_key(
         keys.path(),
-        &[
-            "keys",
-            "add-api-key",
-            "--org",
-            "acme",
-            "--scope",
-            "mint",
-            "--scope",
-            "redeem",
-            "--credits",
-            "4",
-        ],
+        "acme",
+        &["mint", "redeem"],
+        &["--credits", "4"],
     );
-    let key = output.lines().last().unwrap().trim().to_owned();
     let url = redis.url();
     let prefix = format!("test-{}", uuid::Uuid::new_v4());
     let env = [

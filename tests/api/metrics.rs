@@ -9,7 +9,7 @@ use serde_json::json;
 use streamtoken::settings::RateQuota;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::app::{redis_settings, spawn_app_with, Options, TestApp};
+use crate::support::app::{spawn_app_with, spawn_app_with_redis, Options, TestApp};
 use crate::support::redis_server::RedisServer;
 
 /// Every sample of the exposition, keyed by `name{labels}` exactly as printed.
@@ -134,11 +134,7 @@ async fn each_failed_replay_store_call_is_counted() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let app = spawn_app_with(Options {
-        redis: Some(redis_settings(&redis.url())),
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with_redis(&redis.url()).await;
     let token = app.mint_token(json!({})).await;
     let before = sample(&scrape(&app).await, "streamtoken_replay_store_errors_total");
 

@@ -14,7 +14,9 @@ use tokio::sync::Barrier;
 use crate::support::app::{
     error_code, redis_settings, spawn_app_with, spawn_app_with_redis, Options, TestApp,
 };
-use crate::support::process::{cli, ServerProcess};
+use crate::support::keys::init_keys;
+use crate::support::outcomes::{outcome, tally};
+use crate::support::process::ServerProcess;
 use crate::support::redis_server::{RedisReply, RedisServer};
 
 /// Longest a request may take while Redis is down: the store timeout is 500 ms.
@@ -45,24 +47,6 @@ impl Redemption {
     }
 }
 
-/// "200", or the status followed by the error code of the JSON envelope.
-async fn outcome(response: Result<Response, reqwest::Error>) -> String {
-    let response = match response {
-        Ok(response) => response,
-        Err(e) => return format!("request error: {e}"),
-    };
-    let status = response.status();
-    if status == StatusCode::OK {
-        return "200".into();
-    }
-    let text = response.text().await.unwrap_or_default();
-    let code = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|body| body["error"]["code"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("non-envelope body {text:?}"));
-    format!("{} {code}", status.as_u16())
-}
-
 /// Fires every redemption at the same moment (one task each, released together by a barrier)
 /// and returns the outcomes in the order given.
 async fn redeem_all_at_once(redemptions: Vec<Redemption>) -> Vec<String> {
@@ -89,14 +73,6 @@ async fn redeem_all_at_once(redemptions: Vec<Redemption>) -> Vec<String> {
     outcomes
 }
 
-fn tally<'a>(outcomes: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for outcome in outcomes {
-        *counts.entry(outcome.clone()).or_insert(0) += 1;
-    }
-    counts
-}
-
 fn exactly_one_success(total: usize) -> BTreeMap<String, usize> {
     BTreeMap::from([
         ("200".to_owned(), 1),
@@ -115,33 +91,43 @@ async fn spawn_app_for_races(url: &str) -> TestApp {
     .await
 }
 
+/// A Redis of its own and an app on it; `None` (the test is skipped) without redis-server.
+async fn app_on_fresh_redis() -> Option<(RedisServer, TestApp)> {
+    let redis = RedisServer::start()?;
+    let app = spawn_app_with_redis(&redis.url()).await;
+    Some((redis, app))
+}
+
+/// Redeeming `token` once more is refused with 409 `token_already_used`.
+async fn assert_already_used(app: &TestApp, token: &str) {
+    let response = app.redeem(token).await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(response).await, "token_already_used");
+}
+
 async fn json_of(response: Response) -> Value {
     response.json().await.expect("a JSON body")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_single_use_token_redeems_once_then_conflicts_with_token_already_used() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, app)) = app_on_fresh_redis().await else {
         return;
     };
-    let app = spawn_app_with_redis(&redis.url()).await;
     let token = app.mint_token(json!({})).await;
 
     let first = app.redeem(&token).await;
     assert_eq!(first.status(), StatusCode::OK);
     assert_eq!(json_of(first).await["uses_remaining"], 0);
 
-    let second = app.redeem(&token).await;
-    assert_eq!(second.status(), StatusCode::CONFLICT);
-    assert_eq!(error_code(second).await, "token_already_used");
+    assert_already_used(&app, &token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_three_use_token_redeems_exactly_three_times_then_conflicts() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, app)) = app_on_fresh_redis().await else {
         return;
     };
-    let app = spawn_app_with_redis(&redis.url()).await;
     let token = app.mint_token(json!({ "uses": 3 })).await;
 
     for remaining in [2, 1, 0] {
@@ -154,18 +140,15 @@ async fn a_three_use_token_redeems_exactly_three_times_then_conflicts() {
         assert_eq!(json_of(response).await["uses_remaining"], remaining);
     }
     for _ in 0..2 {
-        let response = app.redeem(&token).await;
-        assert_eq!(response.status(), StatusCode::CONFLICT);
-        assert_eq!(error_code(response).await, "token_already_used");
+        assert_already_used(&app, &token).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readyz_is_ready_and_names_redis_as_the_replay_store() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, app)) = app_on_fresh_redis().await else {
         return;
     };
-    let app = spawn_app_with_redis(&redis.url()).await;
     let response = app.get("/readyz").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
@@ -176,10 +159,9 @@ async fn readyz_is_ready_and_names_redis_as_the_replay_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redeemed_jti_is_kept_under_the_prefix_until_the_token_expiry_plus_leeway() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, app)) = app_on_fresh_redis().await else {
         return;
     };
-    let app = spawn_app_with_redis(&redis.url()).await;
     let prefix = app.settings.redis.as_ref().unwrap().key_prefix.clone();
     let leeway = app.settings.token.leeway_seconds as i64;
 
@@ -292,9 +274,7 @@ async fn two_servers_sharing_one_redis_let_each_token_through_exactly_once() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let keys = tempfile::tempdir().unwrap();
-    let init = cli(keys.path(), &["keys", "init"]);
-    let api_key = init.lines().last().unwrap().trim().to_owned();
+    let (keys, api_key) = init_keys();
     let prefix = format!("test-{}", uuid::Uuid::new_v4());
     let env = [
         ("STREAMTOKEN_REDIS_URL", redis.url()),
@@ -386,6 +366,19 @@ async fn answered_quickly(
     response
 }
 
+/// Restarts Redis, then waits until redemption works and `/readyz` is ready again.
+async fn restart_and_recover(redis: &mut RedisServer, app: &TestApp, when: &str) {
+    redis.restart();
+    let recovered = wait_until_a_fresh_token_redeems(app).await;
+    let ready = wait_until_ready(app).await;
+    eprintln!("{when}: redemption worked after {recovered:?}, /readyz {ready:?} later");
+}
+
+/// A quick 503 `replay_store_unavailable` to `request` while Redis is down.
+async fn assert_refused_quickly(what: &str, request: impl std::future::Future<Output = Response>) {
+    assert_unavailable(answered_quickly(what, request).await, what).await;
+}
+
 async fn assert_unavailable(response: Response, what: &str) {
     assert_eq!(
         response.status(),
@@ -442,39 +435,27 @@ async fn wait_until_ready(app: &TestApp) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn while_redis_is_down_redemption_fails_closed_quickly_and_works_again_once_it_is_back() {
-    let Some(mut redis) = RedisServer::start() else {
+    let Some((mut redis, app)) = app_on_fresh_redis().await else {
         return;
     };
-    let app = spawn_app_with_redis(&redis.url()).await;
     let used = app.mint_token(json!({})).await;
     assert_eq!(app.redeem(&used).await.status(), StatusCode::OK);
     let fresh = app.mint_token(json!({})).await;
 
     redis.kill();
 
-    let response = answered_quickly("redeeming a fresh token", app.redeem(&fresh)).await;
-    assert_unavailable(response, "redeeming a fresh token").await;
-    let response = answered_quickly("redeeming a used token", app.redeem(&used)).await;
-    assert_unavailable(response, "redeeming a used token").await;
-    let response = answered_quickly("a second fresh redemption", app.redeem(&fresh)).await;
-    assert_unavailable(response, "redeeming a fresh token again").await;
+    assert_refused_quickly("redeeming a fresh token", app.redeem(&fresh)).await;
+    assert_refused_quickly("redeeming a used token", app.redeem(&used)).await;
+    assert_refused_quickly("redeeming a fresh token again", app.redeem(&fresh)).await;
     let response = answered_quickly("minting", app.mint(json!({}))).await;
     assert_eq!(response.status(), StatusCode::OK, "minting needs no Redis");
-    let response = answered_quickly("/readyz", app.get("/readyz")).await;
-    assert_unavailable(response, "/readyz").await;
+    assert_refused_quickly("/readyz", app.get("/readyz")).await;
 
-    redis.restart();
-    let recovered = wait_until_a_fresh_token_redeems(&app).await;
-    let ready = wait_until_ready(&app).await;
-    eprintln!(
-        "after the Redis restart: redemption worked after {recovered:?}, /readyz {ready:?} later"
-    );
+    restart_and_recover(&mut redis, &app, "after the Redis restart").await;
 
     // A 503 never burned the token: the store was never reached, so it redeems now, once.
     assert_eq!(app.redeem(&fresh).await.status(), StatusCode::OK);
-    let again = app.redeem(&fresh).await;
-    assert_eq!(again.status(), StatusCode::CONFLICT);
-    assert_eq!(error_code(again).await, "token_already_used");
+    assert_already_used(&app, &fresh).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -492,16 +473,9 @@ async fn a_server_started_while_redis_is_down_mints_refuses_redemption_and_recov
         .as_str()
         .unwrap()
         .to_owned();
-    let response = answered_quickly("redeeming", app.redeem(&token)).await;
-    assert_unavailable(response, "redeeming").await;
-    let response = answered_quickly("/readyz", app.get("/readyz")).await;
-    assert_unavailable(response, "/readyz").await;
+    assert_refused_quickly("redeeming", app.redeem(&token)).await;
+    assert_refused_quickly("/readyz", app.get("/readyz")).await;
 
-    redis.restart();
-    let recovered = wait_until_a_fresh_token_redeems(&app).await;
-    let ready = wait_until_ready(&app).await;
-    eprintln!(
-        "Redis came up after start: redemption worked after {recovered:?}, /readyz {ready:?} later"
-    );
+    restart_and_recover(&mut redis, &app, "Redis came up after start").await;
     assert_eq!(app.redeem(&token).await.status(), StatusCode::OK);
 }

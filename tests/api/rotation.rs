@@ -2,17 +2,17 @@
 //! the old key, and a broken keys directory that must not replace the running keyring. Traffic
 //! keeps flowing during every reload.
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::support::forge::kid_of;
+use crate::support::keys::{active_kid, init_keys};
 use crate::support::process::{cli, ServerProcess};
 
 const RELOAD_DEADLINE: Duration = Duration::from_secs(5);
@@ -61,16 +61,6 @@ impl Remote {
     }
 }
 
-/// The `kid` in a token's JWT header.
-fn kid_of(token: &str) -> String {
-    let header = token.split('.').next().unwrap();
-    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .expect("base64url header");
-    let header: Value = serde_json::from_slice(&json).unwrap();
-    header["kid"].as_str().expect("a kid").to_owned()
-}
-
 /// Reads the `{"error":{"code","message"}}` envelope.
 async fn error_of(response: Response) -> (String, String) {
     let body: Value = response.json().await.expect("a JSON body");
@@ -81,25 +71,6 @@ async fn error_of(response: Response) -> (String, String) {
             .to_owned()
     };
     (field("code"), field("message"))
-}
-
-/// `keys init` in a fresh directory; returns it with the dev API key (the last line printed).
-fn init_keys() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = cli(dir.path(), &["keys", "init"]);
-    let api_key = out.lines().last().unwrap().trim().to_owned();
-    assert!(
-        api_key.starts_with("st_"),
-        "unexpected keys init output:\n{out}"
-    );
-    (dir, api_key)
-}
-
-fn active_kid(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("signing").join("active"))
-        .unwrap()
-        .trim()
-        .to_owned()
 }
 
 /// Sends SIGHUP and waits for the log line announcing the outcome; returns that line.

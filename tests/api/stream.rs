@@ -8,20 +8,19 @@
 //! is polled, so a test that means "a client that sends nothing" must not read the socket while
 //! it waits (see `wait_for_close_frame_unread`).
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use actix_web::{test as actix_test, web, App, HttpResponse};
 use chrono::Utc;
 use futures::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use streamtoken::admission::redeem::Redeemer;
 use streamtoken::gateway::Redeemed;
-use streamtoken::keys::admin::{self, NewApiKey};
 use streamtoken::settings::StreamSettings;
 use streamtoken::tenancy::api_keys::Scope;
-use streamtoken::tenancy::org::Org;
 use streamtoken::token::mint::MintRequest;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
@@ -32,12 +31,16 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
-use uuid::Uuid;
 
-use crate::support::app::{redis_settings, spawn_app, spawn_app_with, Options, TestApp};
+use crate::support::app::{
+    new_api_key, spawn_app, spawn_app_with, spawn_app_with_redis, Options, TestApp,
+};
 use crate::support::fields::{keys_of, now, parse_rfc3339, set};
-use crate::support::process::{cli, ServerProcess};
+use crate::support::forge::{sign, valid_claims};
+use crate::support::keys::init_keys;
+use crate::support::process::ServerProcess;
 use crate::support::redis_server::RedisServer;
+use crate::support::routes::STREAM;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -45,7 +48,6 @@ use crate::support::redis_server::RedisServer;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-const STREAM: &str = "/v1/stream";
 /// Longest wait for a frame the server should send promptly.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two looks at a condition (never for correctness).
@@ -75,12 +77,19 @@ fn query_url(app: &TestApp, token: &str) -> String {
     app.ws_url(&format!("{STREAM}?token={token}"))
 }
 
-fn with_header(url: &str, name: header::HeaderName, value: &str) -> Request {
-    let mut request = url.into_client_request().unwrap();
+/// Mints a token and a handshake that presents it in header `name`, written by `value`, instead
+/// of the query; returns the handshake and the token's jti.
+async fn handshake_presenting(
+    app: &TestApp,
+    name: header::HeaderName,
+    value: impl FnOnce(&str) -> String,
+) -> (Request, String) {
+    let (token, jti) = mint(app, json!({})).await;
+    let mut request = app.ws_url(STREAM).into_client_request().unwrap();
     request
         .headers_mut()
-        .insert(name, HeaderValue::from_str(value).unwrap());
-    request
+        .insert(name, HeaderValue::from_str(&value(&token)).unwrap());
+    (request, jti)
 }
 
 async fn connect(request: impl IntoClientRequest + Unpin) -> (Ws, Response) {
@@ -144,16 +153,44 @@ async fn drain(ws: &mut Ws) {
     }
 }
 
+/// Opens `url` and reads the session's `session_begins`; returns both.
+async fn begin(url: &str) -> (Ws, Value) {
+    let mut ws = open(url).await;
+    let begins = expect_session_begins(&mut ws).await;
+    (ws, begins)
+}
+
+/// A session on a freshly minted token with the default claims, past its `session_begins`.
+async fn fresh_session(app: &TestApp) -> Ws {
+    let (token, _) = mint(app, json!({})).await;
+    begin(&query_url(app, &token)).await.0
+}
+
+/// Reads the next data frame, asserting it is a JSON frame of `kind` with exactly `fields`.
+async fn expect_frame(ws: &mut Ws, kind: &str, fields: &[&str]) -> Value {
+    let frame = text_json(&next_data(ws, FRAME_TIMEOUT).await);
+    assert_eq!(keys_of(&frame), set(fields), "{frame}");
+    assert_eq!(frame["type"], kind, "{frame}");
+    frame
+}
+
 /// Reads `session_begins`, asserting its exact shape, and returns it.
 async fn expect_session_begins(ws: &mut Ws) -> Value {
-    let frame = text_json(&next_data(ws, FRAME_TIMEOUT).await);
-    assert_eq!(
-        keys_of(&frame),
-        set(&["type", "session_id", "expires_at"]),
-        "{frame}"
+    expect_frame(ws, "session_begins", &["type", "session_id", "expires_at"]).await
+}
+
+/// Reads `session_begins` and asserts it opens the session of the token `jti`.
+async fn expect_session_of(ws: &mut Ws, jti: &str) {
+    let begins = expect_session_begins(ws).await;
+    assert_eq!(begins["session_id"], jti, "{begins}");
+}
+
+/// Asserts a session closed `elapsed` after its `session_begins`, within `window`.
+fn assert_closed_after(elapsed: Duration, window: RangeInclusive<Duration>, expected: &str) {
+    assert!(
+        window.contains(&elapsed),
+        "closed {elapsed:?} after session_begins; expected {expected}"
     );
-    assert_eq!(frame["type"], "session_begins", "{frame}");
-    frame
 }
 
 /// The next close frame's `(code, reason)`; the client's answering close is sent before this
@@ -168,13 +205,7 @@ async fn expect_close(ws: &mut Ws, within: Duration) -> (u16, String) {
 /// A refused token: exactly one JSON error frame, then a close frame. Returns
 /// `(error frame, close code, close reason)`.
 async fn expect_refusal(ws: &mut Ws) -> (Value, u16, String) {
-    let frame = text_json(&next_data(ws, FRAME_TIMEOUT).await);
-    assert_eq!(
-        keys_of(&frame),
-        set(&["type", "code", "message"]),
-        "{frame}"
-    );
-    assert_eq!(frame["type"], "error", "{frame}");
+    let frame = expect_frame(ws, "error", &["type", "code", "message"]).await;
     assert!(
         !frame["message"].as_str().unwrap().is_empty(),
         "an error frame carries a message: {frame}"
@@ -229,21 +260,8 @@ async fn wait_for_close_frame_unread(ws: &Ws, within: Duration) {
 
 /// A token for this app's `iss`/`aud`, signed with a key the keyring does not hold.
 fn token_with_unknown_kid() -> String {
-    let now = now();
-    let claims = json!({
-        "iss": "streamtoken",
-        "aud": "streamtoken-gateway",
-        "org": "dev",
-        "token_type": "realtime",
-        "jti": Uuid::new_v4(),
-        "iat": now,
-        "exp": now + 60,
-        "max_session_duration_seconds": 3600,
-    });
-    let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some("nope".into());
     let secret = b"an-unknown-secret-of-at-least-32-bytes!!";
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
+    sign(&valid_claims(), Algorithm::HS256, "nope", secret)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,8 +276,7 @@ async fn a_valid_token_in_the_query_opens_a_session_that_begins_with_session_beg
     let (token, jti) = mint(&app, json!({"max_session_duration_seconds": 600})).await;
 
     // Act
-    let mut ws = open(&query_url(&app, &token)).await;
-    let begins = expect_session_begins(&mut ws).await;
+    let (mut ws, begins) = begin(&query_url(&app, &token)).await;
 
     // Assert
     assert_eq!(begins["session_id"], jti.as_str(), "{begins}");
@@ -285,9 +302,7 @@ async fn a_valid_token_in_the_query_opens_a_session_that_begins_with_session_beg
 async fn a_frame_of_64_kib_is_echoed_and_one_byte_more_ends_the_session_with_1009() {
     // Arrange
     let app = spawn_app().await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
 
     // Act + Assert
     assert_echoed(&mut ws, Message::binary(vec![7u8; 64 * 1024])).await;
@@ -302,9 +317,7 @@ async fn a_frame_of_64_kib_is_echoed_and_one_byte_more_ends_the_session_with_100
 async fn a_text_message_sent_in_fragments_is_echoed_whole() {
     // Arrange: RFC 6455 lets any client split a message into a first frame and continuations.
     let app = spawn_app().await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
     let fragments = [
         Frame::message("hello, ", OpCode::Data(Data::Text), false),
         Frame::message("fragmented ", OpCode::Data(Data::Continue), false),
@@ -336,8 +349,7 @@ async fn each_refused_token_gets_one_error_frame_and_the_close_code_of_its_reaso
     let app = spawn_app().await;
     let (used, _) = mint(&app, json!({})).await;
     // The first session stays open while the same token is presented again.
-    let mut first = open(&query_url(&app, &used)).await;
-    expect_session_begins(&mut first).await;
+    let (mut first, _) = begin(&query_url(&app, &used)).await;
     // Issued an hour ago with the default 60 s window: long past exp + the 5 s leeway.
     let expired = app.mint_at(MintRequest::default(), now() - 3600);
     let unknown_kid = token_with_unknown_kid();
@@ -377,8 +389,7 @@ async fn the_same_token_twice_gets_token_already_used_and_close_4003() {
     // Arrange
     let app = spawn_app().await;
     let (token, _) = mint(&app, json!({})).await;
-    let mut first = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut first).await;
+    let (mut first, _) = begin(&query_url(&app, &token)).await;
     first.close(None).await.unwrap();
     drain(&mut first).await;
 
@@ -396,19 +407,7 @@ async fn the_same_token_twice_gets_token_already_used_and_close_4003() {
 async fn a_token_of_an_org_without_credits_left_gets_insufficient_credits_and_close_4402() {
     // Arrange: org "acme" may redeem once.
     let app = spawn_app().await;
-    let key = admin::add_api_key(
-        app.keys_path(),
-        &NewApiKey {
-            org: Org::parse("acme").unwrap(),
-            name: "one credit".into(),
-            scopes: vec![Scope::Mint],
-            rate_per_minute: None,
-            credits: Some(1),
-            any_org: false,
-        },
-    )
-    .unwrap();
-    app.reload_keys();
+    let key = app.add_api_key_with(new_api_key("acme", &[Scope::Mint], None, Some(1)));
     let mut tokens = Vec::new();
     for _ in 0..2 {
         let response = app.post_json("/v1/tokens", Some(&key), &json!({})).await;
@@ -416,8 +415,7 @@ async fn a_token_of_an_org_without_credits_left_gets_insufficient_credits_and_cl
         let body: Value = response.json().await.unwrap();
         tokens.push(body["token"].as_str().unwrap().to_owned());
     }
-    let mut first = open(&query_url(&app, &tokens[0])).await;
-    expect_session_begins(&mut first).await;
+    let (_first, _) = begin(&query_url(&app, &tokens[0])).await;
 
     // Act
     let mut second = open(&query_url(&app, &tokens[1])).await;
@@ -438,8 +436,7 @@ async fn a_session_closes_with_4008_when_max_session_duration_is_reached() {
     // Arrange
     let app = spawn_app().await;
     let (token, _) = mint(&app, json!({"max_session_duration_seconds": 2})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let (mut ws, _) = begin(&query_url(&app, &token)).await;
     let began = Instant::now();
 
     // Act
@@ -447,11 +444,14 @@ async fn a_session_closes_with_4008_when_max_session_duration_is_reached() {
 
     // Assert
     let elapsed = began.elapsed();
-    assert_eq!(code, 4008);
-    assert_eq!(reason, "max session duration reached");
-    assert!(
-        elapsed >= Duration::from_secs(1) && elapsed <= Duration::from_secs(3),
-        "closed {elapsed:?} after session_begins; expected about 2 s"
+    assert_eq!(
+        (code, reason.as_str()),
+        (4008, "max session duration reached")
+    );
+    assert_closed_after(
+        elapsed,
+        Duration::from_secs(1)..=Duration::from_secs(3),
+        "about 2 s",
     );
 }
 
@@ -468,8 +468,7 @@ async fn a_session_outlives_the_redemption_window_of_its_token_and_ends_at_its_o
         json!({"expires_in_seconds": 1, "max_session_duration_seconds": 3}),
     )
     .await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let (mut ws, _) = begin(&query_url(&app, &token)).await;
     let began = Instant::now();
 
     // Act: listen for 2 s, check the token can no longer be redeemed, then use the session.
@@ -483,10 +482,8 @@ async fn a_session_outlives_the_redemption_window_of_its_token_and_ends_at_its_o
     let (code, reason) = expect_close(&mut ws, Duration::from_secs(4)).await;
     let elapsed = began.elapsed();
     assert_eq!(code, 4008, "{reason}");
-    assert!(
-        elapsed >= Duration::from_millis(2_500) && elapsed <= Duration::from_millis(4_000),
-        "closed {elapsed:?} after session_begins; expected about 3 s"
-    );
+    let window = Duration::from_millis(2_500)..=Duration::from_millis(4_000);
+    assert_closed_after(elapsed, window, "about 3 s");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,11 +496,7 @@ async fn while_redis_is_down_a_token_gets_1011_and_is_not_consumed() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let app = spawn_app_with(Options {
-        redis: Some(redis_settings(&redis.url())),
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with_redis(&redis.url()).await;
     let (token, jti) = mint(&app, json!({})).await;
     redis.kill();
 
@@ -531,8 +524,7 @@ async fn while_redis_is_down_a_token_gets_1011_and_is_not_consumed() {
         sleep(POLL).await;
     }
     let mut ws = open(&query_url(&app, &token)).await;
-    let begins = expect_session_begins(&mut ws).await;
-    assert_eq!(begins["session_id"], jti.as_str());
+    expect_session_of(&mut ws, &jti).await;
     assert_echoed(&mut ws, Message::text("after the outage")).await;
 }
 
@@ -544,12 +536,10 @@ async fn while_redis_is_down_a_token_gets_1011_and_is_not_consumed() {
 async fn a_token_in_an_authorization_bearer_header_opens_a_session() {
     // Arrange
     let app = spawn_app().await;
-    let (token, jti) = mint(&app, json!({})).await;
-    let request = with_header(
-        &app.ws_url(STREAM),
-        header::AUTHORIZATION,
-        &format!("Bearer {token}"),
-    );
+    let (request, jti) = handshake_presenting(&app, header::AUTHORIZATION, |token| {
+        format!("Bearer {token}")
+    })
+    .await;
 
     // Act
     let (mut ws, response) = connect(request).await;
@@ -559,8 +549,7 @@ async fn a_token_in_an_authorization_bearer_header_opens_a_session() {
         response.headers().get("sec-websocket-protocol").is_none(),
         "no subprotocol was offered, so none is answered"
     );
-    let begins = expect_session_begins(&mut ws).await;
-    assert_eq!(begins["session_id"], jti.as_str());
+    expect_session_of(&mut ws, &jti).await;
     assert_echoed(&mut ws, Message::text("via the header")).await;
 }
 
@@ -568,12 +557,9 @@ async fn a_token_in_an_authorization_bearer_header_opens_a_session() {
 async fn a_token_offered_as_the_bearer_subprotocol_opens_a_session_and_the_server_answers_bearer() {
     // Arrange
     let app = spawn_app().await;
-    let (token, jti) = mint(&app, json!({})).await;
-    let request = with_header(
-        &app.ws_url(STREAM),
-        header::SEC_WEBSOCKET_PROTOCOL,
-        &format!("bearer, {token}"),
-    );
+    let subprotocol = header::SEC_WEBSOCKET_PROTOCOL;
+    let (request, jti) =
+        handshake_presenting(&app, subprotocol, |token| format!("bearer, {token}")).await;
 
     // Act
     let (mut ws, response) = connect(request).await;
@@ -586,8 +572,7 @@ async fn a_token_offered_as_the_bearer_subprotocol_opens_a_session_and_the_serve
         .map(|v| v.to_str().unwrap())
         .collect();
     assert_eq!(answered, ["bearer"]);
-    let begins = expect_session_begins(&mut ws).await;
-    assert_eq!(begins["session_id"], jti.as_str());
+    expect_session_of(&mut ws, &jti).await;
     assert_echoed(&mut ws, Message::text("via the subprotocol")).await;
 }
 
@@ -635,8 +620,7 @@ async fn a_plain_http_get_is_refused_with_400_and_does_not_consume_the_token() {
     assert_eq!(body["error"]["code"], "invalid_request", "{body}");
 
     let mut ws = open(&query_url(&app, &token)).await;
-    let begins = expect_session_begins(&mut ws).await;
-    assert_eq!(begins["session_id"], jti.as_str());
+    expect_session_of(&mut ws, &jti).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -654,9 +638,7 @@ fn one_second_idle_timeout() -> Options {
 async fn a_client_that_sends_nothing_not_even_a_pong_is_closed_with_4009_after_the_idle_timeout() {
     // Arrange
     let app = spawn_app_with(one_second_idle_timeout()).await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
     let began = Instant::now();
 
     // Act: the socket is not read, so the pings the server sends go unanswered.
@@ -665,21 +647,16 @@ async fn a_client_that_sends_nothing_not_even_a_pong_is_closed_with_4009_after_t
 
     // Assert
     let (code, reason) = expect_close(&mut ws, FRAME_TIMEOUT).await;
-    assert_eq!(code, 4009);
-    assert_eq!(reason, "idle timeout");
-    assert!(
-        elapsed >= Duration::from_millis(900) && elapsed <= Duration::from_secs(2),
-        "closed {elapsed:?} after session_begins; expected 1 s to 1 s + a heartbeat"
-    );
+    assert_eq!((code, reason.as_str()), (4009, "idle timeout"));
+    let window = Duration::from_millis(900)..=Duration::from_secs(2);
+    assert_closed_after(elapsed, window, "1 s to 1 s + a heartbeat");
 }
 
 #[tokio::test]
 async fn a_client_that_sends_a_frame_every_300_ms_stays_open_past_the_idle_timeout() {
     // Arrange
     let app = spawn_app_with(one_second_idle_timeout()).await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
     let began = Instant::now();
     let mut every = tokio::time::interval(Duration::from_millis(300));
 
@@ -699,9 +676,7 @@ async fn a_client_that_sends_a_frame_every_300_ms_stays_open_past_the_idle_timeo
 async fn a_client_that_only_answers_pings_stays_open_past_the_idle_timeout() {
     // Arrange: tungstenite answers each Ping with a Pong while the stream is read, as browsers do.
     let app = spawn_app_with(one_second_idle_timeout()).await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
     let began = Instant::now();
 
     // Act
@@ -715,9 +690,7 @@ async fn a_client_that_only_answers_pings_stays_open_past_the_idle_timeout() {
 async fn the_server_sends_heartbeat_pings_several_times_per_idle_period() {
     // Arrange: idle timeout 1 s, so a heartbeat every 333 ms.
     let app = spawn_app_with(one_second_idle_timeout()).await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
     let until = Instant::now() + Duration::from_millis(1_200);
 
     // Act
@@ -745,9 +718,7 @@ async fn the_server_sends_heartbeat_pings_several_times_per_idle_period() {
 async fn a_graceful_stop_closes_open_sessions_with_1001() {
     // Arrange
     let app = spawn_app().await;
-    let (token, _) = mint(&app, json!({})).await;
-    let mut ws = open(&query_url(&app, &token)).await;
-    expect_session_begins(&mut ws).await;
+    let mut ws = fresh_session(&app).await;
     let started = Instant::now();
 
     // Act: the client must keep reading, so it answers the close and the server can finish.
@@ -775,15 +746,6 @@ async fn a_graceful_stop_closes_open_sessions_with_1001() {
     );
 }
 
-/// `keys init` in a fresh directory; returns it with the dev API key (the last line printed).
-fn init_keys() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = cli(dir.path(), &["keys", "init"]);
-    let api_key = out.lines().last().unwrap().trim().to_owned();
-    assert!(api_key.starts_with("st_"), "keys init printed:\n{out}");
-    (dir, api_key)
-}
-
 async fn mint_on(server: &ServerProcess, api_key: &str) -> String {
     let response = reqwest::Client::new()
         .post(server.url("/v1/tokens"))
@@ -804,8 +766,7 @@ async fn sigterm_closes_open_sessions_with_1001_and_the_process_exits_0() {
     let mut server = ServerProcess::spawn(dir.path(), &[]);
     let token = mint_on(&server, &api_key).await;
     let url = ws_url(&server.address, &format!("{STREAM}?token={token}"));
-    let mut ws = open(&url).await;
-    expect_session_begins(&mut ws).await;
+    let (mut ws, _) = begin(&url).await;
 
     // Act
     server.signal("TERM");
@@ -837,8 +798,7 @@ async fn the_access_log_of_the_real_binary_redacts_the_stream_token() {
     let url = ws_url(&server.address, &format!("{STREAM}?token={token}"));
 
     // Act: one session, then the same token refused; both connections run to their end.
-    let mut ws = open(&url).await;
-    expect_session_begins(&mut ws).await;
+    let (mut ws, _) = begin(&url).await;
     ws.close(None).await.unwrap();
     drain(&mut ws).await;
     let mut again = open(&url).await;

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use reqwest::{Response, StatusCode};
+use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use streamtoken::http::{server::Application, state::AppState};
 use streamtoken::keys::admin::{self, NewApiKey};
@@ -83,21 +83,17 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .unwrap()
         .created_api_key
         .unwrap();
-    let settings = Settings {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        keys_dir: keys_dir.path().to_owned(),
-        strict_key_files: false,
-        redis: options.redis,
-        token: TokenSettings {
-            leeway_seconds: options.leeway_seconds,
-            ..TokenSettings::default()
-        },
-        workers: 2,
-        rate_limit: options.rate_limit,
-        compat: options.compat,
-        stream: options.stream,
-        demo: options.demo,
-    };
+    // The real defaults, so a new setting reaches the tests without editing this helper.
+    let mut settings = Settings::from_lookup(|_| None).expect("the defaults are valid");
+    settings.bind = "127.0.0.1:0".parse().unwrap();
+    settings.keys_dir = keys_dir.path().to_owned();
+    settings.workers = 2;
+    settings.redis = options.redis;
+    settings.token.leeway_seconds = options.leeway_seconds;
+    settings.rate_limit = options.rate_limit;
+    settings.compat = options.compat;
+    settings.stream = options.stream;
+    settings.demo = options.demo;
     let app = Application::build(settings.clone()).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.server_handle();
@@ -127,6 +123,25 @@ impl TestApp {
         request.send().await.expect("request failed")
     }
 
+    /// A POST of `body` verbatim with this app's key, so JSON the `json!` macro would normalise
+    /// (`1e3`, `{bad`) reaches the server as written.
+    pub fn raw_post(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> RequestBuilder {
+        let request = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(&self.api_key)
+            .body(body);
+        match content_type {
+            Some(content_type) => request.header("content-type", content_type),
+            None => request,
+        }
+    }
+
     pub async fn mint(&self, body: Value) -> Response {
         self.post_json("/v1/tokens", Some(&self.api_key), &body)
             .await
@@ -141,21 +156,17 @@ impl TestApp {
     }
 
     pub async fn redeem(&self, token: &str) -> Response {
-        self.post_json(
-            "/v1/tokens/redeem",
-            Some(&self.api_key),
-            &json!({ "token": token }),
-        )
-        .await
+        self.post_token("/v1/tokens/redeem", token).await
     }
 
     pub async fn introspect(&self, token: &str) -> Response {
-        self.post_json(
-            "/v1/tokens/introspect",
-            Some(&self.api_key),
-            &json!({ "token": token }),
-        )
-        .await
+        self.post_token("/v1/tokens/introspect", token).await
+    }
+
+    /// `{"token": token}` to `path` with this app's key.
+    async fn post_token(&self, path: &str, token: &str) -> Response {
+        self.post_json(path, Some(&self.api_key), &json!({ "token": token }))
+            .await
     }
 
     pub async fn get(&self, path: &str) -> Response {
@@ -168,20 +179,7 @@ impl TestApp {
 
     /// Creates another API key in this app's keys dir and reloads the keyring.
     pub fn add_api_key(&self, org: &str, scopes: &[Scope]) -> String {
-        let key = admin::add_api_key(
-            self.keys_dir.path(),
-            &NewApiKey {
-                org: Org::parse(org).unwrap(),
-                name: "test".into(),
-                scopes: scopes.to_vec(),
-                rate_per_minute: None,
-                credits: None,
-                any_org: false,
-            },
-        )
-        .unwrap();
-        self.reload_keys();
-        key
+        self.add_api_key_with(new_api_key(org, scopes, None, None))
     }
 
     /// What SIGTERM does in the real binary: sessions close with 1001, requests drain.
@@ -233,6 +231,21 @@ impl Drop for TestApp {
         if !std::thread::panicking() {
             log_capture::assert_no_leaks();
         }
+    }
+}
+
+/// A key of `org` with `scopes`, and optionally its own rate and a credit balance.
+pub fn new_api_key(
+    org: &str,
+    scopes: &[Scope],
+    rate_per_minute: Option<u32>,
+    credits: Option<u64>,
+) -> NewApiKey {
+    NewApiKey {
+        name: "test".into(),
+        rate_per_minute,
+        credits,
+        ..NewApiKey::new(Org::parse(org).unwrap(), scopes.to_vec())
     }
 }
 

@@ -18,6 +18,17 @@ pub const BASE_CLAIMS: [&str; 8] = [
     "max_session_duration_seconds",
 ];
 
+/// The fields of a `POST /v1/tokens` success.
+pub const MINT_RESPONSE_FIELDS: [&str; 7] = [
+    "token",
+    "token_type",
+    "jti",
+    "expires_in_seconds",
+    "expires_at",
+    "max_session_duration_seconds",
+    "uses",
+];
+
 /// The fields of a `POST /v1/tokens/redeem` success.
 pub const REDEEM_RESPONSE_FIELDS: [&str; 7] = [
     "org",

@@ -1,5 +1,11 @@
 pub mod app;
 pub mod fields;
+pub mod forge;
+pub mod keys;
 pub mod log_capture;
+pub mod outcomes;
 pub mod process;
+pub mod raw_http;
 pub mod redis_server;
+pub mod reply;
+pub mod routes;
