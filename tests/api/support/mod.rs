@@ -9,3 +9,4 @@ pub mod raw_http;
 pub mod redis_server;
 pub mod reply;
 pub mod routes;
+pub mod skips;

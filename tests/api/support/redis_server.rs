@@ -16,6 +16,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::skips;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -64,11 +66,10 @@ impl RedisServer {
     /// them, e.g. `&["--appendonly", "yes", "--appendfsync", "always"]`.
     pub fn start_with(extra: &[&str]) -> Option<RedisServer> {
         if !on_path("redis-server") {
-            let ci = std::env::var("CI").unwrap_or_default();
-            if ci == "true" || ci == "1" {
+            if skips::on_ci() {
                 panic!("redis-server is required when CI=true; install it with apt-get install -y redis-server");
             }
-            eprintln!("skipping: redis-server not installed");
+            skips::record("redis-server not found (apt-get install -y redis-server)");
             return None;
         }
         // Ask the OS for a free port. Someone may grab it before redis binds it, so
