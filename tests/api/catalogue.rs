@@ -1024,12 +1024,10 @@ fn metric_labels_stay_bounded_whatever_token_types_clients_mint() {
     server.assert_no_panic();
 }
 
-/// BUG (src/token.rs `TokenVerifier::verify` accepts any `uses`, including 0; src/redeem.rs:157
-/// `claims.uses - used`; src/replay/redis_store.rs:269 reports 1 use recorded for any
-/// `allowed_uses <= 1`): a token signed with the real key (e.g. by another implementation) that
-/// carries `"uses": 0` is reported `already_used` by introspection before it was ever redeemed,
-/// then redeems once anyway; with Redis the introspection after that redemption computes
-/// `0 - 1` (a panic in a debug build, `uses_remaining: 4294967295` and `active: true` in release).
+/// Guards a fixed bug: a token signed with the real key (e.g. by another implementation) that
+/// carries `"uses": 0` was reported `already_used` by introspection before it was ever redeemed,
+/// then redeemed once anyway (and with Redis, introspection after that computed `0 - 1`). The
+/// verifier (`src/token/verify.rs`) now refuses claims outside what this service mints.
 /// Introspection must predict redemption, and must never fail.
 #[test]
 fn introspection_and_redemption_agree_on_a_signed_token_with_uses_zero() {
@@ -1098,12 +1096,10 @@ fn introspection_and_redemption_agree_on_a_signed_token_with_uses_zero() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// BUG (src/access_log.rs `redact_uri`): the access log redacts a query value by its parameter
-/// name as written (`token=`), but the gateway reads parameters percent-decoded
-/// (src/query.rs `single` via `form_urlencoded`). `?%74oken=` is `?token=` to the gateway, yet
-/// the log keeps its value; and the shape mask looks for a literal `eyJ`, so escaping one
-/// character of each segment (`%65yJ…`) leaves the whole token in the log. Here the server
-/// accepts such a token (a session begins), and the log must still not contain it.
+/// Guards a fixed bug: the gateway reads query parameters percent-decoded
+/// (`src/http/query.rs`), so `?%74oken=` is `?token=` to it, and an escaped token (`%65yJ…`)
+/// still opens a session. The access log (`src/http/access_log.rs`) judges names and values
+/// decoded too. Here the server accepts such a token, and the log must still not contain it.
 #[test]
 fn a_token_under_a_percent_encoded_name_is_used_by_the_gateway_and_kept_out_of_the_log() {
     // Arrange

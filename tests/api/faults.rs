@@ -40,7 +40,9 @@ const ALREADY_USED: &str = "409 token_already_used";
 const UNAVAILABLE: &str = "503 replay_store_unavailable";
 /// The default store timeout (`STREAMTOKEN_REDIS_TIMEOUT_MS`).
 const STORE_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long strict mode trusts its last look at Redis's persistence settings (redis_store.rs).
+/// How long these tests watch strict mode after Redis's persistence changes. Strict mode checks
+/// persistence with every redemption, so nothing should change within it; it is the longest a
+/// cached check was ever trusted, kept as a window wide enough to catch a cache coming back.
 const PERSISTENCE_RECHECK: Duration = Duration::from_secs(5);
 /// Pause between two looks at a condition (never for correctness).
 const POLL: Duration = Duration::from_millis(20);
@@ -647,10 +649,9 @@ async fn strict_mode_on_an_fsync_always_redis_keeps_every_token_single_use_acros
     );
 }
 
-/// Fails today (a bug): `ensure_durable` in src/replay/redis_store.rs trusts its last
-/// persistence check for `PERSISTENCE_RECHECK` (5 s) and nothing invalidates it when the
-/// connection drops and reopens, so for up to 5 s strict mode writes to a Redis it has not
-/// checked, and a token it accepted before the crash is accepted again.
+/// Guards a fixed bug: strict mode once trusted a cached persistence check for 5 s, so after a
+/// Redis restart without persistence it wrote to a Redis it had not checked. Now the check rides
+/// in every redemption's pipeline (`src/store/redis_store.rs`), answered by the same Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn strict_mode_refuses_redemption_as_soon_as_redis_comes_back_without_persistence() {
     // Arrange: strict app on an fsync-always Redis; one token accepted.
@@ -867,9 +868,9 @@ async fn a_shorter_store_timeout_makes_paused_redemptions_answer_503_sooner() {
     time_until_a_fresh_token_redeems(&app, Duration::from_secs(5)).await;
 }
 
-/// Fails today (a bug, in the code or in README.md): a `SET NX` that timed out is still queued on
-/// the connection and runs when Redis resumes, so the token is consumed although its redemption
-/// was refused, and the retry the README invites is refused with 4003/409.
+/// Guards a fixed bug: a `SET NX` that timed out is still queued on the connection and runs when
+/// Redis resumes; the store now queues a compare-and-delete behind it, so a redemption refused
+/// with 503 leaves the token usable and the retry the README invites succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redemption_refused_with_503_while_redis_was_paused_can_be_retried_as_documented() {
     // Arrange: README: "1011 replay store unavailable (nothing was consumed; retry)".

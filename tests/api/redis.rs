@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
+use streamtoken::keys::admin::NewApiKey;
+use streamtoken::tenancy::api_keys::Scope;
+use streamtoken::tenancy::org::Org;
 use tokio::sync::Barrier;
 
 use crate::support::app::{
@@ -478,4 +481,67 @@ async fn a_server_started_while_redis_is_down_mints_refuses_redemption_and_recov
 
     restart_and_recover(&mut redis, &app, "Redis came up after start").await;
     assert_eq!(app.redeem(&token).await.status(), StatusCode::OK);
+}
+
+/// Strict mode must refuse before it writes: a Redis that refuses `CONFIG` (renamed away, as
+/// managed services and ACLs do) cannot confirm persistence, so nothing may be spent.
+#[tokio::test]
+async fn strict_mode_on_a_redis_that_refuses_config_spends_neither_a_use_nor_a_credit() {
+    // Arrange
+    let Some(redis) = RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--rename-command",
+        "CONFIG",
+        "",
+    ]) else {
+        return;
+    };
+    let mut strict = redis_settings(&redis.url());
+    strict.require_persistence = true;
+    let prefix = strict.key_prefix.clone();
+    let app = spawn_app_with(Options {
+        redis: Some(strict),
+        ..Options::default()
+    })
+    .await;
+    let minter = app.add_api_key_with(NewApiKey {
+        credits: Some(5),
+        ..NewApiKey::new(Org::parse("acme").unwrap(), vec![Scope::Mint])
+    });
+    let gateway = app.add_api_key("acme", &[Scope::Redeem]);
+    let body: Value = app
+        .post_json("/v1/tokens", Some(&minter), &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (token, jti) = (
+        body["token"].as_str().unwrap(),
+        body["jti"].as_str().unwrap(),
+    );
+
+    // Act
+    let answer = app
+        .post_json(
+            "/v1/tokens/redeem",
+            Some(&gateway),
+            &json!({ "token": token }),
+        )
+        .await;
+
+    // Assert
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        redis.command(&["EXISTS", &format!("{prefix}:{jti}")]),
+        RedisReply::Int(0),
+        "a use was recorded"
+    );
+    assert_eq!(
+        redis.command(&["GET", &format!("{prefix}:usage:acme:redeemed")]),
+        RedisReply::Nil,
+        "a credit was charged"
+    );
 }
