@@ -270,8 +270,13 @@ const MIN_ATTEMPTS: usize = 3;
 /// Hard bounds on the load, whatever happens.
 const LOAD_LIMIT: Duration = Duration::from_secs(9);
 const MAX_ATTEMPTS_PER_TASK: usize = 20_000;
-/// From `restart()` returning to a fresh token redeemed.
-const RECOVERY_DEADLINE: Duration = Duration::from_secs(2);
+/// From `restart()` returning to a fresh token redeemed: "eventually", so generous and polled
+/// (it takes 100-200 ms on an idle machine).
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(10);
+/// Long enough that every request of a burst meets the pause however busy the machine is;
+/// each test ends the pause itself once its answers are in. Pauses are of writes (every
+/// redemption writes), so the `CLIENT UNPAUSE` that ends one is not held back by it.
+const LONG_PAUSE_MS: &str = "20000";
 
 /// One answer of the load, `at` measured from the start of the run.
 struct Answer {
@@ -839,15 +844,20 @@ async fn while_redis_is_paused_two_hundred_concurrent_redemptions_each_fail_fast
     assert_eq!(readiness(&app).await, ACCEPTED, "the connection is open");
 
     // Act
-    assert_ok(redis.command(&["CLIENT", "PAUSE", "3000", "ALL"]), "pause");
+    assert_ok(
+        redis.command(&["CLIENT", "PAUSE", LONG_PAUSE_MS, "WRITE"]),
+        "pause",
+    );
     let paused = Instant::now();
+    // The promise: the 500 ms store timeout, plus 1 s for 200 requests on two busy cores.
     assert_every_paused_redemption_fails_fast(&redeemer, &tokens, Duration::from_millis(1500))
         .await;
+    assert_ok(redis.command(&["CLIENT", "UNPAUSE"]), "unpause");
 
     // Assert: once the pause is over, redemption works again.
-    let retried_for = time_until_a_fresh_token_redeems(&app, Duration::from_secs(6)).await;
+    let retried_for = time_until_a_fresh_token_redeems(&app, RECOVERY_DEADLINE).await;
     eprintln!(
-        "a fresh token redeemed {:?} after the 3 s pause began ({retried_for:?} of retrying)",
+        "a fresh token redeemed {:?} after the pause began ({retried_for:?} of retrying)",
         paused.elapsed()
     );
 }
@@ -863,9 +873,14 @@ async fn a_shorter_store_timeout_makes_paused_redemptions_answer_503_sooner() {
     assert_eq!(readiness(&app).await, ACCEPTED, "the connection is open");
 
     // Act + Assert
-    assert_ok(redis.command(&["CLIENT", "PAUSE", "2000", "ALL"]), "pause");
+    assert_ok(
+        redis.command(&["CLIENT", "PAUSE", LONG_PAUSE_MS, "WRITE"]),
+        "pause",
+    );
+    // The promise: the 200 ms store timeout, plus 500 ms of margin, still under the default's.
     assert_every_paused_redemption_fails_fast(&redeemer, &tokens, Duration::from_millis(700)).await;
-    time_until_a_fresh_token_redeems(&app, Duration::from_secs(5)).await;
+    assert_ok(redis.command(&["CLIENT", "UNPAUSE"]), "unpause");
+    time_until_a_fresh_token_redeems(&app, RECOVERY_DEADLINE).await;
 }
 
 /// Guards a fixed bug: a `SET NX` that timed out is still queued on the connection and runs when
@@ -882,10 +897,14 @@ async fn a_redemption_refused_with_503_while_redis_was_paused_can_be_retried_as_
     assert_eq!(readiness(&app).await, ACCEPTED, "the connection is open");
 
     // Act: the first attempt meets a paused Redis and times out over the WebSocket gateway.
-    assert_ok(redis.command(&["CLIENT", "PAUSE", "1500", "ALL"]), "pause");
+    assert_ok(
+        redis.command(&["CLIENT", "PAUSE", LONG_PAUSE_MS, "WRITE"]),
+        "pause",
+    );
     let (code, close) = stream_refusal(&app, &token).await;
     assert_eq!((code.as_str(), close), ("replay_store_unavailable", 1011));
-    time_until_a_fresh_token_redeems(&app, Duration::from_secs(5)).await;
+    assert_ok(redis.command(&["CLIENT", "UNPAUSE"]), "unpause");
+    time_until_a_fresh_token_redeems(&app, RECOVERY_DEADLINE).await;
 
     // Assert: the retry the close code invites is accepted.
     let consumed = redis.command(&["EXISTS", &redis_key(&app, &jti)]);
@@ -944,11 +963,15 @@ async fn a_server_process_keeps_its_memory_flat_through_two_thousand_redemptions
     let redeemer = Redeemer::of_process(&server, &api_key);
     // Warm-up of the same shape (400 concurrent against a paused Redis), so the baseline
     // includes connections, buffers and allocator arenas sized for the load. The pause outlasts
-    // the warm-up: on a busy 2-core machine the 400 requests can take over a second to reach
-    // the store, and any that arrive after the pause are (rightly) accepted.
+    // the warm-up: on a busy 2-core machine the 400 requests can take seconds to reach the
+    // store, and any that arrive after the pause are (rightly) accepted.
     let warm_up: Vec<String> = tokens.drain(..400).collect();
-    assert_ok(redis.command(&["CLIENT", "PAUSE", "3000", "ALL"]), "pause");
+    assert_ok(
+        redis.command(&["CLIENT", "PAUSE", LONG_PAUSE_MS, "WRITE"]),
+        "pause",
+    );
     let answers = redeemer.redeem_all_at_once(&warm_up).await;
+    assert_ok(redis.command(&["CLIENT", "UNPAUSE"]), "unpause");
     assert!(
         answers.iter().all(|(o, _)| o == UNAVAILABLE),
         "warm-up: {:?}",
@@ -962,7 +985,10 @@ async fn a_server_process_keeps_its_memory_flat_through_two_thousand_redemptions
     let before = rss_kib(server.pid());
 
     // Act: 5 rounds of 400 concurrent redemptions, all during one pause.
-    assert_ok(redis.command(&["CLIENT", "PAUSE", "8000", "ALL"]), "pause");
+    assert_ok(
+        redis.command(&["CLIENT", "PAUSE", LONG_PAUSE_MS, "WRITE"]),
+        "pause",
+    );
     let paused = Instant::now();
     let mut slowest = Duration::ZERO;
     for round in tokens.chunks(400) {
@@ -977,6 +1003,7 @@ async fn a_server_process_keeps_its_memory_flat_through_two_thousand_redemptions
     }
     let during = paused.elapsed();
     let after = rss_kib(server.pid());
+    assert_ok(redis.command(&["CLIENT", "UNPAUSE"]), "unpause");
 
     // Assert
     let growth_kib = after.saturating_sub(before);
@@ -985,7 +1012,7 @@ async fn a_server_process_keeps_its_memory_flat_through_two_thousand_redemptions
          (growth {growth_kib} KiB, slowest answer {slowest:?})"
     );
     assert!(
-        during < Duration::from_millis(8000),
+        during < Duration::from_millis(20_000),
         "the rounds outlasted the pause ({during:?}); the measurement is not of a paused Redis"
     );
     assert!(
@@ -1016,7 +1043,7 @@ async fn sigterm_lets_a_redemption_waiting_on_redis_finish_with_503_then_exits_0
 
     // A pause of writes only, so Redis can still tell us the redemption is waiting on it.
     assert_ok(
-        redis.command(&["CLIENT", "PAUSE", "1500", "WRITE"]),
+        redis.command(&["CLIENT", "PAUSE", LONG_PAUSE_MS, "WRITE"]),
         "pause",
     );
     let in_flight = {
@@ -1028,7 +1055,7 @@ async fn sigterm_lets_a_redemption_waiting_on_redis_finish_with_503_then_exits_0
             (answer, started.elapsed())
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while blocked_clients(&redis) < 1 {
         assert!(
             Instant::now() < deadline,
