@@ -42,6 +42,18 @@ pub struct Introspection {
     pub uses_remaining: Option<u32>,
 }
 
+impl Introspection {
+    /// A token that does not verify: inactive, with the reason and nothing else.
+    fn refused(reason: RejectReason) -> Self {
+        Introspection {
+            active: false,
+            reason: Some(reason),
+            claims: None,
+            uses_remaining: None,
+        }
+    }
+}
+
 pub struct Redeemer {
     keyring: Arc<KeyringHandle>,
     verifier: TokenVerifier,
@@ -165,28 +177,21 @@ impl Redeemer {
         }
     }
 
-    /// What a token's state is, without consuming a use. A token the policy refuses is an
-    /// error, so no claim of another org's token is revealed.
-    pub async fn introspect(&self, token: &str) -> Result<Introspection, RedeemError> {
-        self.introspect_under(token, &self.policy).await
-    }
-
-    pub async fn introspect_under(
+    /// What a token's state is under `policy`, without consuming a use. A token the policy
+    /// refuses is an error, so no claim of another org's token is revealed.
+    pub async fn introspect(
         &self,
         token: &str,
         policy: &Policy,
     ) -> Result<Introspection, RedeemError> {
-        let claims = match self.verify(token) {
-            Ok(claims) => claims,
-            Err(reason) => {
-                return Ok(Introspection {
-                    active: false,
-                    reason: Some(reason),
-                    claims: None,
-                    uses_remaining: None,
-                })
-            }
-        };
+        match self.verify(token) {
+            Err(reason) => Ok(Introspection::refused(reason)),
+            Ok(claims) => self.look_up(claims, policy).await,
+        }
+    }
+
+    /// The recorded uses of a verified token the policy admits.
+    async fn look_up(&self, claims: Claims, policy: &Policy) -> Result<Introspection, RedeemError> {
         if let Err(reason) = policy.check(&claims) {
             if let Some(metrics) = &self.metrics {
                 metrics.rejected_token(reason);

@@ -228,12 +228,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_new_key_signs_only_once_activated() {
+    /// A dev keys folder plus a second signing key, not activated: (folder, active kid, spare).
+    fn keys_with_a_spare_signing_key() -> (tempfile::TempDir, String, String) {
         let dir = tempfile::tempdir().unwrap();
         init_dev(dir.path()).unwrap();
-        let before = Keyring::load(dir.path()).unwrap().active().kid().to_owned();
-        let kid = new_signing_key(dir.path(), false).unwrap();
+        let active = Keyring::load(dir.path()).unwrap().active().kid().to_owned();
+        let spare = new_signing_key(dir.path(), false).unwrap();
+        (dir, active, spare)
+    }
+
+    #[test]
+    fn a_new_key_signs_only_once_activated() {
+        let (dir, before, kid) = keys_with_a_spare_signing_key();
         assert_eq!(Keyring::load(dir.path()).unwrap().active().kid(), before);
         activate_signing_key(dir.path(), &kid).unwrap();
         let keyring = Keyring::load(dir.path()).unwrap();
@@ -279,10 +285,7 @@ mod tests {
 
     #[test]
     fn a_signing_key_is_removed_unless_it_is_the_active_one() {
-        let dir = tempfile::tempdir().unwrap();
-        init_dev(dir.path()).unwrap();
-        let active = Keyring::load(dir.path()).unwrap().active().kid().to_owned();
-        let spare = new_signing_key(dir.path(), false).unwrap();
+        let (dir, active, spare) = keys_with_a_spare_signing_key();
         let err = remove_signing_key(dir.path(), &active).unwrap_err();
         assert!(err.to_string().contains("active"), "{err}");
         remove_signing_key(dir.path(), &spare).unwrap();

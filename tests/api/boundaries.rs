@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use actix_web::{test as actix_test, web, App, HttpResponse};
-use futures::StreamExt;
 use jsonwebtoken::{Algorithm, Header};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -14,12 +13,12 @@ use streamtoken::settings::{DemoMode, TokenSettings};
 use streamtoken::store::{MemoryStore, SharedStore};
 use streamtoken::token::mint::MintRequest;
 use streamtoken::token::verify::MAX_TOKEN_BYTES;
-use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use crate::support::app::{spawn_app, spawn_app_with, spawn_app_with_redis, Options, TestApp};
 use crate::support::fields::now;
 use crate::support::redis_server::{RedisReply, RedisServer};
+use crate::support::ws::stream_verdict;
 
 /// A token signed with the app's active key whose length is exactly `len` bytes: valid claims
 /// plus an unknown `pad` claim (and header field), which verification ignores. Only the size can
@@ -51,27 +50,6 @@ fn signed_token_of_length(app: &TestApp, len: usize) -> String {
         }
     }
     panic!("no signed token of exactly {len} bytes");
-}
-
-/// The first text frame and the close code of a `/v1/stream` session opened with `token`.
-async fn stream_verdict(app: &TestApp, token: &str) -> (Value, Option<u16>) {
-    let url = app.ws_url(&format!("/v1/stream?token={token}"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let mut first = Value::Null;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, ws.next()).await {
-        match frame.unwrap() {
-            Message::Text(text) if first.is_null() => {
-                first = serde_json::from_str(&text).unwrap();
-                if first["type"] == "session_begins" {
-                    return (first, None);
-                }
-            }
-            Message::Close(close) => return (first, close.map(|c| u16::from(c.code))),
-            _ => {}
-        }
-    }
-    panic!("no verdict within 10 s; first frame {first}");
 }
 
 #[tokio::test]
@@ -190,6 +168,18 @@ async fn a_redis_replay_entry_expires_exactly_one_second_after_the_last_second_i
     );
 }
 
+/// What `GET /demo` and `POST /demo/token` answer.
+async fn demo_statuses(app: &TestApp) -> [StatusCode; 2] {
+    let page = app.get("/demo").await.status();
+    let token = app
+        .client
+        .post(app.url("/demo/token"))
+        .send()
+        .await
+        .unwrap();
+    [page, token.status()]
+}
+
 #[tokio::test]
 async fn the_demo_answers_404_when_switched_off_even_with_the_dev_key() {
     // Arrange
@@ -200,17 +190,10 @@ async fn the_demo_answers_404_when_switched_off_even_with_the_dev_key() {
     .await;
 
     // Act
-    let page = app.get("/demo").await.status();
-    let token = app
-        .client
-        .post(app.url("/demo/token"))
-        .send()
-        .await
-        .unwrap();
+    let answers = demo_statuses(&app).await;
 
     // Assert
-    assert_eq!(page, StatusCode::NOT_FOUND);
-    assert_eq!(token.status(), StatusCode::NOT_FOUND);
+    assert_eq!(answers, [StatusCode::NOT_FOUND, StatusCode::NOT_FOUND]);
 }
 
 #[tokio::test]
@@ -228,15 +211,8 @@ async fn the_demo_answers_404_once_the_dev_key_is_gone_from_the_keyring() {
     app.reload_keys();
 
     // Act
-    let page = app.get("/demo").await.status();
-    let token = app
-        .client
-        .post(app.url("/demo/token"))
-        .send()
-        .await
-        .unwrap();
+    let answers = demo_statuses(&app).await;
 
     // Assert
-    assert_eq!(page, StatusCode::NOT_FOUND);
-    assert_eq!(token.status(), StatusCode::NOT_FOUND);
+    assert_eq!(answers, [StatusCode::NOT_FOUND, StatusCode::NOT_FOUND]);
 }

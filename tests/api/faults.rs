@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::app::{redis_settings, spawn_app_with, Options, TestApp};
 use crate::support::keys::init_keys;
 use crate::support::outcomes::{outcome, tally, ACCEPTED};
-use crate::support::process::{cli, ServerProcess};
+use crate::support::process::{cli, rss_kib, ServerProcess};
 use crate::support::redis_server::{RedisReply, RedisServer};
 
 // ---------------------------------------------------------------------------------------------
@@ -226,16 +226,6 @@ fn serve_on(dir: &std::path::Path, redis: &RedisServer, env: &[(&str, &str)]) ->
     ];
     all.extend_from_slice(env);
     ServerProcess::spawn(dir, &all)
-}
-
-/// Resident memory of a process, from `/proc/<pid>/status`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// How many clients Redis is holding back (a command postponed by `CLIENT PAUSE ... WRITE`).

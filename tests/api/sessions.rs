@@ -11,16 +11,7 @@ use streamtoken::tenancy::api_keys::Scope;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::app::{spawn_app_with, Options, TestApp};
-use crate::support::process::{cli, ServerProcess};
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
-}
+use crate::support::process::{cli, rss_kib, ServerProcess};
 
 /// The open-sessions gauge of a server.
 async fn open_sessions(client: &reqwest::Client, metrics_url: &str) -> i64 {
@@ -144,17 +135,22 @@ async fn five_hundred_clients_that_send_and_never_read_lose_their_sessions_and_c
     drop(held);
 }
 
-#[tokio::test]
-async fn a_session_ends_at_its_deadline_even_while_its_client_is_not_reading() {
-    // Arrange: a long send timeout, so only the deadline can end the session.
-    let app = spawn_app_with(Options {
+/// An app with an hour-long send timeout, so only the deadline or a shutdown ends a session.
+async fn app_whose_sends_never_time_out() -> TestApp {
+    spawn_app_with(Options {
         stream: StreamSettings {
             send_timeout: Duration::from_secs(3600),
             ..StreamSettings::default()
         },
         ..Options::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_session_ends_at_its_deadline_even_while_its_client_is_not_reading() {
+    // Arrange: a long send timeout, so only the deadline can end the session.
+    let app = app_whose_sends_never_time_out().await;
     let token = app
         .mint_token(json!({"max_session_duration_seconds": 2}))
         .await;
@@ -176,14 +172,7 @@ async fn a_session_ends_at_its_deadline_even_while_its_client_is_not_reading() {
 #[tokio::test]
 async fn shutdown_ends_a_session_whose_client_is_not_reading() {
     // Arrange
-    let app = spawn_app_with(Options {
-        stream: StreamSettings {
-            send_timeout: Duration::from_secs(3600),
-            ..StreamSettings::default()
-        },
-        ..Options::default()
-    })
-    .await;
+    let app = app_whose_sends_never_time_out().await;
     let token = app.mint_token(json!({})).await;
     let held = flood_without_reading(app.ws_url(&format!("/v1/stream?token={token}"))).await;
     assert_eq!(open_sessions(&app.client, &app.url("/metrics")).await, 1);

@@ -15,10 +15,10 @@ use streamtoken::settings::{StreamSettings, TokenSettings};
 use streamtoken::store::{MemoryStore, SharedStore};
 use streamtoken::tenancy::api_keys::Scope;
 use streamtoken::tenancy::org::Org;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::app::{spawn_app, spawn_app_with, Options, TestApp};
 use crate::support::process::cli;
+use crate::support::ws::stream_verdict;
 
 /// Two tenants, each with a backend (mint) key and a gateway (redeem) key, and an operator key.
 struct Tenants {
@@ -188,22 +188,6 @@ async fn refusals_for_another_org_are_counted_under_their_own_reason() {
     );
 }
 
-/// The first text frame's code and the close code of a `/v1/stream` session.
-async fn stream_refusal(app: &TestApp, token: &str) -> (Value, Option<u16>) {
-    let url = app.ws_url(&format!("/v1/stream?token={token}"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let mut first = Value::Null;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, ws.next()).await {
-        match frame.unwrap() {
-            Message::Text(text) if first.is_null() => first = serde_json::from_str(&text).unwrap(),
-            Message::Close(close) => return (first, close.map(|c| u16::from(c.code))),
-            _ => {}
-        }
-    }
-    panic!("no close within 10 s; first frame {first}");
-}
-
 #[tokio::test]
 async fn the_stream_refuses_a_token_type_it_does_not_admit_and_consumes_nothing() {
     // Arrange: the default admits `realtime` only.
@@ -211,7 +195,7 @@ async fn the_stream_refuses_a_token_type_it_does_not_admit_and_consumes_nothing(
     let chat = app.mint_token(json!({"token_type": "chat"})).await;
 
     // Act
-    let (frame, close) = stream_refusal(&app, &chat).await;
+    let (frame, close) = stream_verdict(&app, &chat).await;
     let afterwards = app.redeem(&chat).await;
 
     // Assert
@@ -242,7 +226,7 @@ async fn the_stream_admits_the_token_types_it_is_configured_for() {
     let url = app.ws_url(&format!("/v1/stream?token={chat}"));
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let begins = ws.next().await.unwrap().unwrap();
-    let (refused, close) = stream_refusal(&app, &realtime).await;
+    let (refused, close) = stream_verdict(&app, &realtime).await;
 
     // Assert
     let begins: Value = serde_json::from_str(begins.to_text().unwrap()).unwrap();

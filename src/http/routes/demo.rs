@@ -6,14 +6,13 @@
 //! pipeline as every other, so the dev org's rate limit and credits apply.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Serialize;
 
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::issuance::issue_as;
 use crate::http::state::AppState;
 use crate::settings::DemoMode;
-use crate::token::mint::{MintRequest, MintedToken};
+use crate::token::mint::MintRequest;
 
 const PAGE: &str = include_str!("demo.html");
 
@@ -33,22 +32,11 @@ pub async fn page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
         .body(PAGE))
 }
 
-#[derive(Serialize)]
-struct DemoToken<'a> {
-    token: &'a str,
-}
-
-fn render_token(minted: &MintedToken) -> HttpResponse {
-    HttpResponse::Ok().json(DemoToken {
-        token: &minted.token,
-    })
-}
-
 pub async fn token(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let Some(dev) = dev_caller(&state) else {
         return ApiError::NotFound.canonical_response();
     };
     issue_as(&req, &state, Ok(dev), Ok(MintRequest::default()))
         .await
-        .respond(render_token, ApiError::canonical_response)
+        .respond(super::render_token_only, ApiError::canonical_response)
 }

@@ -13,6 +13,7 @@ use actix_web::{web, HttpResponse, Resource, Route};
 
 use crate::http::error::ApiError;
 use crate::settings::CompatFamilies;
+use crate::token::mint::MintedToken;
 
 pub fn configure(cfg: &mut web::ServiceConfig, compat_families: CompatFamilies) {
     let canonical = ApiError::canonical_response;
@@ -36,6 +37,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, compat_families: CompatFamilies) 
         cfg.service(endpoint(path, canonical, vec![(method, route)]));
     }
     compat::configure(cfg, compat_families);
+}
+
+/// `{"token": "…"}`, the whole success body of the ElevenLabs route and of the demo's.
+#[derive(serde::Serialize)]
+struct TokenOnly<'a> {
+    token: &'a str,
+}
+
+fn render_token_only(minted: &MintedToken) -> HttpResponse {
+    HttpResponse::Ok().json(TokenOnly {
+        token: &minted.token,
+    })
 }
 
 /// How a surface renders an error in its own envelope.

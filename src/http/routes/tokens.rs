@@ -9,6 +9,8 @@ use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
+use crate::admission::policy::Policy;
+use crate::admission::redeem::{Introspection, RedeemError, Redeemer, Redemption};
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::issuance::issue;
@@ -133,10 +135,10 @@ impl TokenBody {
 }
 
 /// What redeem and introspect both take: the body's token, from a caller whose key holds the
-/// `redeem` scope (checked in that order: key, scope, body).
+/// `redeem` scope (checked in that order: key, scope, body), and the tokens that key may act on.
 pub(super) struct TokenToCheck {
-    caller: Caller,
     token: String,
+    policy: Policy,
 }
 
 impl FromRequest for TokenToCheck {
@@ -153,10 +155,20 @@ impl FromRequest for TokenToCheck {
             let payload = payload.map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
             let body = read_json::<TokenBody>(&req, payload).await?;
             Ok(TokenToCheck {
-                caller,
                 token: body.into_token()?,
+                policy: caller.gateway_policy(),
             })
         })
+    }
+}
+
+impl TokenToCheck {
+    async fn redeem(&self, redeemer: &Redeemer) -> Result<Redemption, RedeemError> {
+        redeemer.redeem_under(&self.token, &self.policy).await
+    }
+
+    async fn introspect(&self, redeemer: &Redeemer) -> Result<Introspection, RedeemError> {
+        redeemer.introspect(&self.token, &self.policy).await
     }
 }
 
@@ -172,13 +184,10 @@ struct RedeemResponse<'a> {
 }
 
 pub async fn redeem(
-    TokenToCheck { caller, token }: TokenToCheck,
+    checked: TokenToCheck,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let redemption = state
-        .redeemer
-        .redeem_under(&token, &caller.gateway_policy())
-        .await?;
+    let redemption = checked.redeem(&state.redeemer).await?;
     let claims = &redemption.claims;
     Ok(HttpResponse::Ok().json(RedeemResponse {
         org: &claims.org,
@@ -205,13 +214,10 @@ struct IntrospectResponse {
 }
 
 pub async fn introspect(
-    TokenToCheck { caller, token }: TokenToCheck,
+    checked: TokenToCheck,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let found = state
-        .redeemer
-        .introspect_under(&token, &caller.gateway_policy())
-        .await?;
+    let found = checked.introspect(&state.redeemer).await?;
     Ok(HttpResponse::Ok().json(IntrospectResponse {
         active: found.active,
         reason: found.reason.map(|r| r.as_str()),

@@ -10,3 +10,4 @@ pub mod redis_server;
 pub mod reply;
 pub mod routes;
 pub mod skips;
+pub mod ws;

@@ -11,7 +11,7 @@ use crate::http::auth;
 use crate::http::error::ApiError;
 use crate::http::issuance::issue;
 use crate::http::state::AppState;
-use crate::token::mint::{MintRequest, MintedToken};
+use crate::token::mint::MintRequest;
 use crate::token::params::{ExpiresIn, TokenType};
 
 pub const TOKEN_TYPES: [&str; 2] = ["realtime_scribe", "tts_websocket"];
@@ -27,7 +27,7 @@ pub async fn token(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     }
     issue(&req, &state, mint_request(&token_type))
         .await
-        .respond(render_token, render_error)
+        .respond(super::super::render_token_only, render_error)
 }
 
 fn mint_request(token_type: &str) -> Result<MintRequest, ApiError> {
@@ -81,17 +81,6 @@ fn validate(req: &HttpRequest, token_type: &str) -> Vec<Problem> {
         });
     }
     problems
-}
-
-#[derive(Serialize)]
-struct TokenBody<'a> {
-    token: &'a str,
-}
-
-fn render_token(minted: &MintedToken) -> HttpResponse {
-    HttpResponse::Ok().json(TokenBody {
-        token: &minted.token,
-    })
 }
 
 #[derive(Serialize)]
