@@ -37,6 +37,8 @@ bin=target/debug/streamtoken
 export STREAMTOKEN_KEYS_DIR="$work/keys" STREAMTOKEN_BIND=127.0.0.1:0
 # The fuzzer sends thousands of mints; the rate limit is not what this test is about.
 export STREAMTOKEN_RATE_PER_MINUTE=100000000
+# The demo routes are in the spec too: serve them (loopback) so they are exercised, not 404.
+export STREAMTOKEN_DEMO=on
 key="$("$bin" keys init | tail -n 1)"
 "$bin" serve > "$work/stdout" 2> "$work/server.log" &
 server_pid=$!
