@@ -46,9 +46,9 @@ done
 [ -n "$port" ] || fail "no 'listening on http://127.0.0.1:PORT' line within 120 s"
 base="http://127.0.0.1:$port"
 
-serve_marker='cargo run --quiet -- serve'
+serve_marker='STREAMTOKEN_DEMO=${STREAMTOKEN_DEMO:-on} cargo run --quiet -- serve'
 grep -qxF "$serve_marker" "$log" || fail "recipe line '$serve_marker' not echoed"
-init_out=$(sed "/^$serve_marker\$/q" "$log")
+init_out=$(awk -v marker="$serve_marker" '{ print } $0 == marker { exit }' "$log")
 
 mapfile -t found < <(grep -oE 'st_[A-Za-z0-9_-]{43}' <<<"$init_out" | sort -u)
 [ "${#found[@]}" -eq 1 ] || fail "expected exactly one API key in 'keys init' output, found ${#found[@]}"
@@ -74,10 +74,14 @@ post /v1/tokens/redeem "$redeem_body"
 post /v1/tokens/redeem "$redeem_body"
 [ "$status" = 409 ] || fail "second redeem: expected 409, got HTTP $status: $body"
 
+# `make run` serves the browser demo (on loopback).
+demo_status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/demo")
+[ "$demo_status" = 200 ] || fail "GET /demo after make run: HTTP $demo_status"
+
 [ -f "$keys/api_keys.json" ] || fail "$keys/api_keys.json was not created"
 if grep -qF "$key" "$keys/api_keys.json"; then fail "api_keys.json contains the plaintext API key"; fi
 sleep 0.2 # let request logging land before reading what `serve` printed
-server_out=$(sed "1,/^$serve_marker\$/d" "$log")
+server_out=$(awk -v marker="$serve_marker" 'seen { print } $0 == marker { seen = 1 }' "$log")
 if grep -qF "$key" <<<"$server_out"; then fail "server output contains the API key"; fi
 if grep -qF "$token" <<<"$server_out"; then fail "server output contains the token"; fi
 
