@@ -237,8 +237,10 @@ mod tests {
             100_000,
             "entries still inside their window stay"
         );
+        assert!(!store.is_empty());
         store.sweep_expired(expires_at + 1);
         assert_eq!(store.len(), 0);
+        assert!(store.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

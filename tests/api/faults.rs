@@ -718,6 +718,22 @@ async fn a_server_on_redis_without_persistence_warns_at_start_up_that_a_restart_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_a_redis_that_refuses_config_says_at_start_up_it_cannot_check_persistence() {
+    // Arrange: CONFIG renamed away, as managed services and ACLs do. That is an answer from a
+    // live Redis, not an outage.
+    let Some(redis) = RedisServer::start_with(&["--rename-command", "CONFIG", ""]) else {
+        return;
+    };
+
+    // Act
+    let (_dir, _server, line) = start_up_line(&redis, "persistence");
+
+    // Assert
+    assert!(line.contains("cannot check Redis persistence"), "{line}");
+    assert!(line.contains("WARN"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_on_redis_with_a_periodic_fsync_warns_that_a_crash_can_forget_the_last_redemptions(
 ) {
     // Arrange

@@ -436,6 +436,57 @@ async fn wait_until_ready(app: &TestApp) -> Duration {
     }
 }
 
+async fn uses_left(app: &TestApp, token: &str) -> Value {
+    json_of(app.introspect(token).await).await["uses_remaining"].clone()
+}
+
+#[tokio::test]
+async fn introspection_on_redis_counts_down_the_uses_left_of_single_and_multi_use_tokens() {
+    // Arrange
+    let Some((_redis, app)) = app_on_fresh_redis().await else {
+        return;
+    };
+    let single = app.mint_token(json!({})).await;
+    let triple = app.mint_token(json!({ "uses": 3 })).await;
+
+    // Act
+    let before = (
+        uses_left(&app, &single).await,
+        uses_left(&app, &triple).await,
+    );
+    assert_eq!(app.redeem(&single).await.status(), StatusCode::OK);
+    assert_eq!(app.redeem(&triple).await.status(), StatusCode::OK);
+    let after = (
+        uses_left(&app, &single).await,
+        uses_left(&app, &triple).await,
+    );
+
+    // Assert
+    assert_eq!(before, (json!(1), json!(3)));
+    assert_eq!(after, (json!(0), json!(2)));
+}
+
+#[tokio::test]
+async fn an_introspection_redis_cannot_answer_is_a_503_counted_as_a_store_error() {
+    // Arrange
+    let Some((mut redis, app)) = app_on_fresh_redis().await else {
+        return;
+    };
+    let token = app.mint_token(json!({})).await;
+    redis.kill();
+
+    // Act
+    let response = app.introspect(&token).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+
+    // Assert
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        metrics.contains("streamtoken_replay_store_errors_total 1"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn while_redis_is_down_redemption_fails_closed_quickly_and_works_again_once_it_is_back() {
     let Some((mut redis, app)) = app_on_fresh_redis().await else {
