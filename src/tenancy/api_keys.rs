@@ -231,6 +231,34 @@ mod tests {
     }
 
     #[test]
+    fn the_count_of_loaded_keys_is_what_the_file_held() {
+        assert!(ApiKeys::default().is_empty());
+        let records = ["st_a", "st_b"]
+            .map(|key| record_for(key, &org("acme"), "k", vec![Scope::Mint]))
+            .to_vec();
+        let keys = ApiKeys::from_file(ApiKeysFile { api_keys: records }).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(!keys.is_empty());
+    }
+
+    #[test]
+    fn the_dev_key_is_the_one_named_dev_in_the_dev_org_and_no_other() {
+        let named_dev_elsewhere = record_for("st_a", &org("acme"), DEV_KEY_NAME, vec![Scope::Mint]);
+        let other_in_dev = record_for("st_b", &org(DEV_ORG), "ci", vec![Scope::Mint]);
+        let keys = ApiKeys::from_file(ApiKeysFile {
+            api_keys: vec![named_dev_elsewhere, other_in_dev],
+        })
+        .unwrap();
+        assert!(keys.dev_key().is_none());
+        let dev = record_for("st_c", &org(DEV_ORG), DEV_KEY_NAME, vec![Scope::Mint]);
+        let keys = ApiKeys::from_file(ApiKeysFile {
+            api_keys: vec![dev],
+        })
+        .unwrap();
+        assert_eq!(keys.dev_key().unwrap().name, DEV_KEY_NAME);
+    }
+
+    #[test]
     fn a_rate_of_zero_is_refused() {
         let mut record = record_for("st_x", &org("acme"), "ci", vec![Scope::Mint]);
         record.rate_per_minute = Some(0);
