@@ -169,6 +169,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_that_changes_a_keys_rate_takes_effect_at_once() {
+        let limiter = RateLimiter::new(RateQuota::per_minute(1));
+        let mut edited = key("a", Some(1));
+        assert!(matches!(limiter.check(&edited), RateDecision::Allowed(_)));
+        assert!(matches!(
+            limiter.check(&edited),
+            RateDecision::Limited { .. }
+        ));
+        edited.rate_per_minute = Some(5);
+        assert_eq!(
+            limiter.check(&edited),
+            RateDecision::Allowed(QuotaState {
+                limit: 5,
+                remaining: 4
+            })
+        );
+    }
+
+    #[test]
     fn a_key_with_its_own_rate_uses_it_instead_of_the_orgs() {
         let limiter = RateLimiter::new(RateQuota::per_minute(1));
         let generous = key("a", Some(3));

@@ -101,3 +101,36 @@ pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, jsonwebtoken::e
     header.kid = Some(key.kid().to_owned());
     jsonwebtoken::encode(&header, claims, key.encoding())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [RejectReason; 11] = [
+        RejectReason::Malformed,
+        RejectReason::AlgorithmNotAllowed,
+        RejectReason::UnknownKid,
+        RejectReason::BadSignature,
+        RejectReason::Expired,
+        RejectReason::WrongIssuer,
+        RejectReason::WrongAudience,
+        RejectReason::ExcessiveLifetime,
+        RejectReason::AlreadyUsed,
+        RejectReason::WrongOrg,
+        RejectReason::WrongTokenType,
+    ];
+
+    #[test]
+    fn every_reason_has_its_own_name_and_its_own_sentence() {
+        let names: std::collections::BTreeSet<_> = ALL.iter().map(|r| r.as_str()).collect();
+        let sentences: std::collections::BTreeSet<_> = ALL.iter().map(|r| r.describe()).collect();
+        assert_eq!((names.len(), sentences.len()), (ALL.len(), ALL.len()));
+        assert_eq!(
+            RejectReason::Expired.describe(),
+            "the token's redemption window has passed"
+        );
+        assert!(ALL
+            .iter()
+            .all(|r| r.describe().starts_with("the ") || r.describe().starts_with("this ")));
+    }
+}

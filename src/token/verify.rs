@@ -47,6 +47,16 @@ impl TokenVerifier {
     }
 
     pub fn verify(&self, token: &str, keyring: &Keyring) -> Result<Claims, RejectReason> {
+        self.verify_at(token, keyring, chrono::Utc::now().timestamp())
+    }
+
+    /// Verifies as if the clock read `now` (unix seconds).
+    pub fn verify_at(
+        &self,
+        token: &str,
+        keyring: &Keyring,
+        now: i64,
+    ) -> Result<Claims, RejectReason> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(RejectReason::Malformed);
         }
@@ -84,7 +94,6 @@ impl TokenVerifier {
         if claims.exp < 0 {
             return Err(RejectReason::Malformed);
         }
-        let now = chrono::Utc::now().timestamp();
         if claims.exp < now - self.leeway_seconds {
             return Err(RejectReason::Expired);
         }
@@ -262,6 +271,34 @@ mod tests {
             ..TokenSettings::default()
         });
         assert_eq!(strict.verify(&token, &keyring), Err(RejectReason::Expired));
+    }
+
+    #[test]
+    fn a_token_verifies_through_the_last_second_of_its_leeway_and_not_one_second_more() {
+        let keyring = keyring_with(&["k1"]);
+        let claims = claims(60);
+        let token = sign(&claims, keyring.active()).unwrap();
+        let leeway = TokenSettings::default().leeway_seconds as i64;
+        let last = claims.exp + leeway;
+        assert!(verifier().verify_at(&token, &keyring, last).is_ok());
+        assert_eq!(
+            verifier().verify_at(&token, &keyring, last + 1),
+            Err(RejectReason::Expired)
+        );
+    }
+
+    #[test]
+    fn exp_may_lie_exactly_as_far_ahead_as_the_longest_window_plus_leeway_and_no_further() {
+        let keyring = keyring_with(&["k1"]);
+        let claims = claims(60);
+        let token = sign(&claims, keyring.active()).unwrap();
+        let ahead = i64::from(ExpiresIn::MAX) + TokenSettings::default().leeway_seconds as i64;
+        let at_the_bound = claims.exp - ahead;
+        assert!(verifier().verify_at(&token, &keyring, at_the_bound).is_ok());
+        assert_eq!(
+            verifier().verify_at(&token, &keyring, at_the_bound - 1),
+            Err(RejectReason::ExcessiveLifetime)
+        );
     }
 
     #[test]
