@@ -718,6 +718,22 @@ async fn a_server_on_redis_without_persistence_warns_at_start_up_that_a_restart_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_while_redis_is_down_says_persistence_was_not_checked_rather_than_unknown()
+{
+    // Arrange: an outage is no answer about persistence (unlike a Redis refusing CONFIG).
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    redis.kill();
+
+    // Act
+    let (_dir, _server, line) = start_up_line(&redis, "persistence");
+
+    // Assert
+    assert!(line.contains("not checked at start-up"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_on_a_redis_that_refuses_config_says_at_start_up_it_cannot_check_persistence() {
     // Arrange: CONFIG renamed away, as managed services and ACLs do. That is an answer from a
     // live Redis, not an outage.
