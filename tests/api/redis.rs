@@ -455,15 +455,17 @@ async fn introspection_on_redis_counts_down_the_uses_left_of_single_and_multi_us
         uses_left(&app, &triple).await,
     );
     assert_eq!(app.redeem(&single).await.status(), StatusCode::OK);
-    assert_eq!(app.redeem(&triple).await.status(), StatusCode::OK);
+    for _ in 0..2 {
+        assert_eq!(app.redeem(&triple).await.status(), StatusCode::OK);
+    }
     let after = (
         uses_left(&app, &single).await,
         uses_left(&app, &triple).await,
     );
 
-    // Assert
+    // Assert: a single-use entry holds a marker, a counted one its number of uses.
     assert_eq!(before, (json!(1), json!(3)));
-    assert_eq!(after, (json!(0), json!(2)));
+    assert_eq!(after, (json!(0), json!(1)));
 }
 
 #[tokio::test]
