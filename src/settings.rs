@@ -16,6 +16,8 @@ use crate::token::params::TokenType;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
+    /// A second listener for operations; when set, `/metrics` answers there only.
+    pub admin_bind: Option<SocketAddr>,
     pub keys_dir: PathBuf,
     /// Refuse signing key files others may read, instead of warning.
     pub strict_key_files: bool,
@@ -247,6 +249,10 @@ impl Settings {
         let bind: SocketAddr = env.parsed("STREAMTOKEN_BIND", DEFAULT_BIND)?;
         Ok(Settings {
             bind,
+            admin_bind: match env.text("STREAMTOKEN_ADMIN_BIND") {
+                None => None,
+                Some(_) => Some(env.parsed("STREAMTOKEN_ADMIN_BIND", "")?),
+            },
             keys_dir: env
                 .text("STREAMTOKEN_KEYS_DIR")
                 .unwrap_or_else(|| "keys".into())
@@ -528,6 +534,7 @@ mod tests {
     fn each_invalid_value_names_its_variable() {
         for (var, value) in [
             ("STREAMTOKEN_BIND", "not-an-address"),
+            ("STREAMTOKEN_ADMIN_BIND", "localhost"),
             ("STREAMTOKEN_LEEWAY_SECONDS", "abc"),
             ("STREAMTOKEN_LEEWAY_SECONDS", "-1"),
             ("STREAMTOKEN_LEEWAY_SECONDS", "301"),

@@ -30,7 +30,16 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let state = web::Data::new(AppState::from_settings(&settings)?);
+        let admin = match settings.admin_bind {
+            Some(bind) => Some(
+                TcpListener::bind(bind)
+                    .with_context(|| format!("binding STREAMTOKEN_ADMIN_BIND={bind}"))?,
+            ),
+            None => None,
+        };
+        let mut state = AppState::from_settings(&settings)?;
+        state.admin_address = admin.as_ref().map(TcpListener::local_addr).transpose()?;
+        let state = web::Data::new(state);
         if settings.demo == DemoMode::On {
             log::warn!(
                 "demo on (STREAMTOKEN_DEMO=on): /demo and POST /demo/token mint for the dev org \
@@ -41,7 +50,13 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("binding STREAMTOKEN_BIND={}", settings.bind))?;
         let address = listener.local_addr()?;
-        let server = run(listener, state.clone(), settings.workers, settings.compat)?;
+        let server = run(
+            listener,
+            admin,
+            state.clone(),
+            settings.workers,
+            settings.compat,
+        )?;
         Ok(Application {
             address,
             server,
@@ -72,6 +87,7 @@ impl Application {
 
 pub fn run(
     listener: TcpListener,
+    admin: Option<TcpListener>,
     state: web::Data<AppState>,
     workers: usize,
     compat_families: CompatFamilies,
@@ -94,7 +110,11 @@ pub fn run(
     // Signals are handled by `serve`, which closes stream sessions before stopping the server.
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_DEADLINE_SECONDS)
-    .listen(listener)?
-    .run();
+    .listen(listener)?;
+    let server = match admin {
+        Some(admin) => server.listen(admin)?,
+        None => server,
+    };
+    let server = server.run();
     Ok(server)
 }

@@ -31,6 +31,9 @@ pub struct AppState {
     pub session_slots: Arc<SessionSlots>,
     pub demo: DemoMode,
     pub metrics: Arc<Metrics>,
+    /// The operations listener (`STREAMTOKEN_ADMIN_BIND`), the only one `/metrics` answers on
+    /// when set.
+    pub admin_address: Option<std::net::SocketAddr>,
     /// Flips to `true` when the server begins a graceful shutdown; open sessions close with 1001.
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -55,6 +58,7 @@ impl AppState {
             ),
             stream: settings.stream.clone(),
             demo: settings.demo,
+            admin_address: None,
             shutdown: tokio::sync::watch::Sender::new(false),
             keyring,
         })

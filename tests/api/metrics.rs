@@ -153,3 +153,33 @@ async fn each_failed_replay_store_call_is_counted() {
     let after = sample(&scrape(&app).await, "streamtoken_replay_store_errors_total");
     assert_eq!(after - before, 2.0);
 }
+
+#[tokio::test]
+async fn with_an_operations_listener_metrics_answer_there_and_404_on_the_public_port() {
+    // Arrange
+    let app = spawn_app_with(Options {
+        admin_bind: Some("127.0.0.1:0".parse().unwrap()),
+        ..Options::default()
+    })
+    .await;
+    let admin = app
+        .state
+        .admin_address
+        .expect("the operations listener is bound");
+    app.mint_token(json!({})).await;
+
+    // Act
+    let public = app.get("/metrics").await;
+    let private = app
+        .client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+    assert_eq!(private.status(), StatusCode::OK);
+    let page = private.text().await.unwrap();
+    assert!(page.contains("streamtoken_tokens_minted_total"), "{page}");
+}

@@ -1,6 +1,6 @@
 //! Operations: liveness, readiness, metrics and the OpenAPI document.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use crate::http::error::ApiError;
@@ -26,10 +26,20 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     )
 }
 
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
+/// Per-type volumes are not for the public: with an operations listener, only it serves them.
+pub async fn metrics(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if state
+        .admin_address
+        .is_some_and(|admin| req.app_config().local_addr() != admin)
+    {
+        return Err(ApiError::NotFound);
+    }
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+        .body(state.metrics.render()))
 }
 
 pub async fn openapi() -> HttpResponse {

@@ -41,6 +41,8 @@ pub struct Options {
     pub compat: CompatFamilies,
     pub stream: StreamSettings,
     pub demo: DemoMode,
+    /// `STREAMTOKEN_ADMIN_BIND`: a second listener that alone serves `/metrics`.
+    pub admin_bind: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
@@ -53,6 +55,7 @@ impl Default for Options {
             compat: CompatFamilies::all(),
             stream: StreamSettings::default(),
             demo: DemoMode::On,
+            admin_bind: None,
         }
     }
 }
@@ -96,6 +99,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.compat = options.compat;
     settings.stream = options.stream;
     settings.demo = options.demo;
+    settings.admin_bind = options.admin_bind;
     let client = reqwest::Client::new();
     // The server's threads (HTTP workers, the Redis I/O runtime) are this app's: a secret one of
     // them logs fails this test, not whichever test ends next.
