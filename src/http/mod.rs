@@ -8,6 +8,7 @@ pub(crate) mod connection;
 pub mod error;
 pub(crate) mod issuance;
 pub(crate) mod json_body;
+pub(crate) mod memory;
 pub(crate) mod middleware;
 pub(crate) mod query;
 pub(crate) mod routes;

@@ -8,6 +8,7 @@ use actix_web::web;
 use crate::admission::policy::Policy;
 use crate::admission::redeem::Redeemer;
 use crate::admission::slots::SessionSlots;
+use crate::http::memory::{MemoryReturn, TRIM_INTERVAL};
 use crate::keys::keyring::KeyringHandle;
 use crate::metrics::Metrics;
 use crate::settings::{DemoMode, Settings, StreamSettings};
@@ -29,6 +30,8 @@ pub struct AppState {
     pub stream_policy: Policy,
     /// `/v1/stream`'s caps on open sessions.
     pub session_slots: Arc<SessionSlots>,
+    /// Hands memory back to the system after sessions end.
+    pub(crate) memory: Arc<MemoryReturn>,
     pub demo: DemoMode,
     pub metrics: Arc<Metrics>,
     /// The operations listener (`STREAMTOKEN_ADMIN_BIND`), the only one `/metrics` answers on
@@ -56,6 +59,7 @@ impl AppState {
                 settings.stream.max_sessions,
                 settings.stream.max_sessions_per_org,
             ),
+            memory: MemoryReturn::start(TRIM_INTERVAL),
             stream: settings.stream.clone(),
             demo: settings.demo,
             admin_address: None,

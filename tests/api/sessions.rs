@@ -74,7 +74,8 @@ fn open_fds(pid: u32) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_hundred_clients_that_send_and_never_read_lose_their_sessions_and_connections() {
+async fn five_hundred_clients_that_send_and_never_read_lose_their_sessions_connections_and_memory()
+{
     // Arrange: a real server whose sends time out after 1 s.
     let dir = tempfile::tempdir().unwrap();
     cli(dir.path(), &["keys", "init"]);
@@ -119,6 +120,12 @@ async fn five_hundred_clients_that_send_and_never_read_lose_their_sessions_and_c
     while open_fds(server.pid()) > started_fds + 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Freed memory goes back to the system on the server's next trim (every 5 s).
+    let bound_kib = started_kib + started_kib / 5;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rss_kib(server.pid()) > bound_kib && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (settled_kib, settled_fds) = (rss_kib(server.pid()), open_fds(server.pid()));
     eprintln!(
         "server: {started_kib} KiB RSS and {started_fds} fds at start, {peak_kib} KiB and \
@@ -131,6 +138,10 @@ async fn five_hundred_clients_that_send_and_never_read_lose_their_sessions_and_c
     assert!(
         settled_fds <= started_fds + 1,
         "{settled_fds} fds open after the sessions closed, {started_fds} at start"
+    );
+    assert!(
+        settled_kib <= bound_kib,
+        "RSS {settled_kib} KiB after the sessions closed: more than 20% over {started_kib} KiB"
     );
     drop(held);
 }

@@ -61,6 +61,7 @@ pub async fn stream(
     let shutdown = state.shutdown.subscribe();
     let metrics = state.metrics.clone();
     let socket = ConnectionSocket::of(&req);
+    let memory = state.memory.clone();
     actix_web::rt::spawn(async move {
         match outcome {
             Ok((redemption, _slot)) => {
@@ -83,6 +84,7 @@ pub async fn stream(
         if let Some(socket) = socket {
             socket.end_within(CLOSE_WAIT).await;
         }
+        memory.session_ended();
     });
     Ok(response)
 }

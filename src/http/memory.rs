@@ -1,0 +1,54 @@
+//! Gives memory back to the system after streaming sessions end. glibc keeps freed heap pages in
+//! its arenas, so a server that once held hundreds of clients that stopped reading would stay at
+//! that peak for good; `malloc_trim` hands the free pages back. It runs on an interval, and only
+//! when sessions ended since the last look, so a quiet server does nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often ended sessions are looked for.
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+pub struct MemoryReturn {
+    ended: AtomicU64,
+}
+
+impl MemoryReturn {
+    /// Starts the interval for as long as the returned handle is referenced. Needs a Tokio
+    /// runtime.
+    pub fn start(every: Duration) -> Arc<Self> {
+        let this = Arc::new(MemoryReturn::default());
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { break };
+                if this.ended.swap(0, Ordering::Relaxed) > 0 {
+                    trim();
+                }
+            }
+        });
+        this
+    }
+
+    pub fn session_ended(&self) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas; it takes no
+    // pointer and is safe to call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Other allocators return memory by themselves, or have no such call.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
