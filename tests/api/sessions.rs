@@ -55,8 +55,9 @@ async fn flood_without_reading(url: String) -> Client {
     let frame = vec![7u8; 4096];
     // Bounded in count and time: the server stops reading long before this.
     for _ in 0..4096 {
+        // A send that waits a whole second is the server no longer reading, not a busy machine.
         let sent = tokio::time::timeout(
-            Duration::from_millis(200),
+            Duration::from_secs(1),
             ws.send(Message::binary(frame.clone())),
         )
         .await;
@@ -76,7 +77,7 @@ fn open_fds(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_clients_that_send_and_never_read_lose_their_sessions_connections_and_memory()
 {
-    // Arrange: a real server whose sends time out after 1 s.
+    // Arrange: a real server whose sends time out after 1 s, and idle sessions after 5 s.
     let dir = tempfile::tempdir().unwrap();
     cli(dir.path(), &["keys", "init"]);
     let tokens: Vec<String> = cli(dir.path(), &["mint", "--org", "dev", "--count", "500"])
@@ -87,7 +88,9 @@ async fn five_hundred_clients_that_send_and_never_read_lose_their_sessions_conne
         dir.path(),
         &[
             ("STREAMTOKEN_STREAM_SEND_TIMEOUT_SECONDS", "1"),
-            ("STREAMTOKEN_STREAM_IDLE_TIMEOUT_SECONDS", "3600"),
+            // A client whose few frames all fit in the socket buffers never stalls a send; the
+            // idle timeout is the bound that ends its session.
+            ("STREAMTOKEN_STREAM_IDLE_TIMEOUT_SECONDS", "5"),
             ("RUST_LOG", "warn"),
         ],
     );
@@ -144,6 +147,53 @@ async fn five_hundred_clients_that_send_and_never_read_lose_their_sessions_conne
         "RSS {settled_kib} KiB after the sessions closed: more than 20% over {started_kib} KiB"
     );
     drop(held);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_ended_by_the_send_timeout() {
+    // Arrange: sends time out after 1 s; the idle timeout (60 s) and the deadline (1 h) are far.
+    let app = spawn_app_with(Options {
+        stream: StreamSettings {
+            send_timeout: Duration::from_secs(1),
+            ..StreamSettings::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let token = app.mint_token(json!({})).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(app.ws_url(&format!("/v1/stream?token={token}")))
+            .await
+            .unwrap();
+
+    // Act: send without ever reading, until the server ends the connection (bounded: 30 s).
+    let frame = vec![7u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ended = loop {
+        if Instant::now() > deadline {
+            break false;
+        }
+        let sent = tokio::time::timeout(
+            Duration::from_secs(1),
+            ws.send(Message::binary(frame.clone())),
+        );
+        if let Ok(Err(_)) = sent.await {
+            break true;
+        }
+    };
+
+    // Assert
+    assert!(
+        ended,
+        "the connection of a client that stopped reading was still open after 30 s"
+    );
+    wait_for_open_sessions(
+        &app.client,
+        &app.url("/metrics"),
+        0,
+        Duration::from_secs(10),
+    )
+    .await;
 }
 
 /// An app with an hour-long send timeout, so only the deadline or a shutdown ends a session.
