@@ -74,7 +74,8 @@ post /v1/tokens/redeem "$redeem_body"
 post /v1/tokens/redeem "$redeem_body"
 [ "$status" = 409 ] || fail "second redeem: expected 409, got HTTP $status: $body"
 
-# `make run` serves the browser demo (on loopback).
+# `make run` serves the browser demo (on loopback), and says so at start-up.
+grep -qF 'demo on (STREAMTOKEN_DEMO=on)' "$log" || fail "no start-up line saying the demo is on"
 demo_status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/demo")
 [ "$demo_status" = 200 ] || fail "GET /demo after make run: HTTP $demo_status"
 

@@ -9,7 +9,7 @@ use jsonwebtoken::{Algorithm, Header};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use streamtoken::gateway::{Redeemed, Redeemer};
-use streamtoken::settings::{DemoMode, TokenSettings};
+use streamtoken::settings::{DemoMode, RateQuota, TokenSettings};
 use streamtoken::store::{MemoryStore, SharedStore};
 use streamtoken::token::mint::MintRequest;
 use streamtoken::token::verify::MAX_TOKEN_BYTES;
@@ -215,4 +215,29 @@ async fn the_demo_answers_404_once_the_dev_key_is_gone_from_the_keyring() {
 
     // Assert
     assert_eq!(answers, [StatusCode::NOT_FOUND, StatusCode::NOT_FOUND]);
+}
+
+#[tokio::test]
+async fn the_demo_mints_under_the_dev_orgs_rate_limit_like_every_minting_route() {
+    // Arrange: the dev org may mint once a minute; its API key spends that first.
+    let app = spawn_app_with(Options {
+        rate_limit: RateQuota::per_minute(1),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(app.mint(json!({})).await.status(), StatusCode::OK);
+
+    // Act
+    let demo = app
+        .client
+        .post(app.url("/demo/token"))
+        .send()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(demo.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(demo.headers().contains_key("retry-after"));
+    let body: Value = demo.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
 }

@@ -636,10 +636,13 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     t.push(case("redeem: jti missing", "POST", REDEEM).bearer(dev).json(token_body(&forge.sign_claims(&forge.claims_with("jti", Value::Null)))).expect(401, invalid_token("malformed")));
     t.push(case("redeem: org missing", "POST", REDEEM).bearer(dev).json(token_body(&forge.sign_claims(&forge.claims_with("org", Value::Null)))).expect(401, invalid_token("malformed")));
     t.push(case("redeem: ctx with a number value", "POST", REDEEM).bearer(dev).json(token_body(&forge.sign_claims(&forge.claims_with("ctx", json!({"n": 1}))))).expect(401, invalid_token("malformed")));
+    let acme_token = || forge.sign_claims(&forge.claims_with("org", json!("acme")));
+    t.push(case("redeem: another org's token, by an org-bound key", "POST", REDEEM).bearer(dev).json(token_body(&acme_token())).expect(403, canonical("wrong_org")));
 
     // ---- POST /v1/tokens/introspect -----------------------------------------------------------
     t.push(case("introspect: a fresh token (control)", "POST", INTROSPECT).bearer(dev).json(token_body(&fresh())).expect(200, Expect::Active));
     t.push(case("introspect: a used token", "POST", INTROSPECT).bearer(dev).json(token_body(&used)).expect(200, Expect::Inactive { reason: "already_used" }));
+    t.push(case("introspect: another org's token, by an org-bound key", "POST", INTROSPECT).bearer(dev).json(token_body(&acme_token())).expect(403, canonical("wrong_org")));
     t.push(case("introspect: token empty", "POST", INTROSPECT).bearer(dev).json(token_body("")).expect(200, Expect::Inactive { reason: "malformed" }));
     t.push(case("introspect: 1 MB token (body limit)", "POST", INTROSPECT).bearer(dev).json(token_body(&mega_token)).expect(413, canonical("payload_too_large")));
     t.push(case("introspect: four segments", "POST", INTROSPECT).bearer(dev).json(token_body(&format!("{good}.x"))).expect(200, Expect::Inactive { reason: "malformed" }));
@@ -668,6 +671,8 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     t.push(case("stream: handshake with a 10 KB kid", "GET", format!("/v1/stream?token={kid_10k}")).websocket().expect(101, ws_refused("invalid_token", 4001)));
     t.push(case("stream: handshake with exp ten years ahead", "GET", format!("/v1/stream?token={far_future}")).websocket().expect(101, ws_refused("invalid_token", 4001)));
     t.push(case("stream: handshake with token=%FF", "GET", "/v1/stream?token=%FF").websocket().expect(101, ws_refused("invalid_token", 4001)));
+    let chat_token = forge.sign_claims(&forge.claims_with("token_type", json!("chat")));
+    t.push(case("stream: handshake with a token type the stream does not admit", "GET", format!("/v1/stream?token={chat_token}")).websocket().expect(101, ws_refused("wrong_token_type", 4001)));
     t.push(case("stream: handshake with token given twice", "GET", format!("/v1/stream?token={good}&token={good}")).websocket().expect(101, ws_refused("missing_token", 4001)));
     t.push(case("stream: handshake with max_session_duration_seconds u32::MAX (forged, outside what we mint)", "GET", format!("/v1/stream?token={}", forge.sign_claims(&forge.claims_with("max_session_duration_seconds", json!(u32::MAX))))).websocket().expect(101, Expect::WsRefused { code: "invalid_token", close: 4001 }));
 

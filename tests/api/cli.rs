@@ -479,3 +479,50 @@ async fn with_debug_logging_the_server_log_holds_no_token_and_no_api_key() {
     assert!(!log.contains("eyJ"), "a JWT reached the log:\n{log}");
     assert!(!looks_secret(&log), "{log}");
 }
+
+/// Makes the active signing key file readable by everyone, as a careless copy would, and
+/// returns its path.
+fn world_readable_key(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let file = dir.join("signing").join(format!("{}.key", active_kid(dir)));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    file
+}
+
+#[test]
+fn a_server_warns_about_a_signing_key_file_others_can_read_naming_the_file() {
+    // Arrange
+    let (dir, _) = init_keys();
+    let file = world_readable_key(dir.path());
+
+    // Act
+    let server = ServerProcess::spawn(dir.path(), &[]);
+    let line = server.wait_for_log("readable by others", Duration::from_secs(10));
+
+    // Assert
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains(&file.display().to_string()), "{line}");
+}
+
+#[test]
+fn with_strict_key_files_a_server_refuses_to_start_on_a_readable_key_file() {
+    // Arrange
+    let (dir, _) = init_keys();
+    let file = world_readable_key(dir.path());
+
+    // Act
+    let output = Command::new(BIN)
+        .arg("serve")
+        .env("STREAMTOKEN_KEYS_DIR", dir.path())
+        .env("STREAMTOKEN_BIND", "127.0.0.1:0")
+        .env("STREAMTOKEN_STRICT_KEY_FILES", "true")
+        .env_remove("STREAMTOKEN_REDIS_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+
+    // Assert
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "it started: {stderr}");
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+}
