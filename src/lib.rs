@@ -24,7 +24,7 @@
 //! | `gateway` | the actix-web embedding of admission |
 //! | `http` | the service: state, server, middleware, error envelope, and each route surface |
 //! | `cli` | the `streamtoken` command |
-//! | `settings`, `input`, `metrics` | configuration, reading integers, Prometheus counters |
+//! | `settings`, `input`, `metrics`, `periodic` | configuration, reading integers, Prometheus counters, interval tasks |
 
 pub mod admission;
 pub mod cli;
@@ -33,6 +33,7 @@ pub mod http;
 pub mod input;
 pub mod keys;
 pub mod metrics;
+mod periodic;
 mod random;
 pub mod settings;
 pub mod store;

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::periodic;
+
 /// How often ended sessions are looked for.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -20,16 +22,9 @@ impl MemoryReturn {
     /// runtime.
     pub fn start(every: Duration) -> Arc<Self> {
         let this = Arc::new(MemoryReturn::default());
-        let weak = Arc::downgrade(&this);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(this) = weak.upgrade() else { break };
-                if this.ended.swap(0, Ordering::Relaxed) > 0 {
-                    trim();
-                }
+        periodic::while_alive(&this, every, |this| {
+            if this.ended.swap(0, Ordering::Relaxed) > 0 {
+                trim();
             }
         });
         this

@@ -8,6 +8,8 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use uuid::Uuid;
 
+use crate::periodic;
+
 use super::{Consumed, ReplayStore, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf};
 
 /// How often expired entries are dropped. Memory is bounded by tokens alive in the last interval.
@@ -72,15 +74,8 @@ impl MemoryStore {
 
     /// Sweeps on an interval for as long as the store is referenced elsewhere.
     pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
-        let store = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(store) = store.upgrade() else { break };
-                store.sweep_expired(chrono::Utc::now().timestamp());
-            }
+        periodic::while_alive(self, every, |store| {
+            store.sweep_expired(chrono::Utc::now().timestamp())
         });
     }
 }
