@@ -1,9 +1,10 @@
 //! Gives memory back to the system after streaming sessions end. glibc keeps freed heap pages in
 //! its arenas, so a server that once held hundreds of clients that stopped reading would stay at
-//! that peak for good; `malloc_trim` hands the free pages back. It runs on an interval, and only
-//! when sessions ended since the last look, so a quiet server does nothing.
+//! that peak for good; `malloc_trim` hands the free pages back. It runs on an interval, on the
+//! next ticks after sessions end (a closed connection's buffers are freed a moment after its
+//! session), so a quiet server does nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +13,12 @@ use crate::periodic;
 /// How often ended sessions are looked for.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Trims after the last session end: enough for buffers freed a little later to go back too.
+const TRIMS_AFTER_AN_END: u32 = 2;
+
 #[derive(Debug, Default)]
 pub struct MemoryReturn {
-    ended: AtomicU64,
+    trims_due: AtomicU32,
 }
 
 impl MemoryReturn {
@@ -23,7 +27,15 @@ impl MemoryReturn {
     pub fn start(every: Duration) -> Arc<Self> {
         let this = Arc::new(MemoryReturn::default());
         periodic::while_alive(&this, every, |this| {
-            if this.ended.swap(0, Ordering::Relaxed) > 0 {
+            let due = this.trims_due.load(Ordering::Relaxed);
+            if due > 0 {
+                // A session ending meanwhile sets it back to the full count, which wins.
+                let _ = this.trims_due.compare_exchange(
+                    due,
+                    due - 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
                 trim();
             }
         });
@@ -31,7 +43,7 @@ impl MemoryReturn {
     }
 
     pub fn session_ended(&self) {
-        self.ended.fetch_add(1, Ordering::Relaxed);
+        self.trims_due.store(TRIMS_AFTER_AN_END, Ordering::Relaxed);
     }
 }
 
