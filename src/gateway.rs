@@ -26,17 +26,6 @@ pub async fn redeem_presented(
     Ok((redemption, source))
 }
 
-/// Like `redeem_presented`, under the policy of one surface (e.g. the token types a route admits).
-pub async fn redeem_presented_under(
-    req: &HttpRequest,
-    redeemer: &Redeemer,
-    policy: &Policy,
-) -> Result<(Redemption, TokenSource), ApiError> {
-    let (token, source) = presented_token(req).ok_or(ApiError::MissingToken)?;
-    let redemption = redeemer.redeem_under(&token, policy).await?;
-    Ok((redemption, source))
-}
-
 /// A token redeemed for this request: one use is consumed before the handler runs.
 ///
 /// ```no_run

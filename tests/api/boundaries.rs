@@ -171,13 +171,12 @@ async fn a_redis_replay_entry_expires_exactly_one_second_after_the_last_second_i
 /// What `GET /demo` and `POST /demo/token` answer.
 async fn demo_statuses(app: &TestApp) -> [StatusCode; 2] {
     let page = app.get("/demo").await.status();
-    let token = app
-        .client
-        .post(app.url("/demo/token"))
-        .send()
-        .await
-        .unwrap();
-    [page, token.status()]
+    [page, post_demo_token(app).await.status()]
+}
+
+async fn post_demo_token(app: &TestApp) -> reqwest::Response {
+    let request = app.client.post(app.url("/demo/token"));
+    request.send().await.expect("request failed")
 }
 
 #[tokio::test]
@@ -228,12 +227,7 @@ async fn the_demo_mints_under_the_dev_orgs_rate_limit_like_every_minting_route()
     assert_eq!(app.mint(json!({})).await.status(), StatusCode::OK);
 
     // Act
-    let demo = app
-        .client
-        .post(app.url("/demo/token"))
-        .send()
-        .await
-        .unwrap();
+    let demo = post_demo_token(&app).await;
 
     // Assert
     assert_eq!(demo.status(), StatusCode::TOO_MANY_REQUESTS);

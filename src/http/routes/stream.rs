@@ -33,7 +33,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::admission::redeem::Redemption;
 use crate::admission::slots::Slot;
-use crate::gateway::{presented_token, redeem_presented_under, BEARER_SUBPROTOCOL};
+use crate::gateway::{presented_token, BEARER_SUBPROTOCOL};
 use crate::http::connection::ConnectionSocket;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
@@ -92,8 +92,9 @@ pub async fn stream(
 /// A place under the session caps, then the redemption. The caps are checked on the verified
 /// token's org before a use is consumed, so a client turned away keeps a usable token.
 async fn admit(req: &HttpRequest, state: &AppState) -> Result<(Redemption, Slot), ApiError> {
-    let slot = match presented_token(req).map(|(token, _)| state.redeemer.verify(&token)) {
-        Some(Ok(claims)) => match state.session_slots.try_take(&claims.org) {
+    let (token, _) = presented_token(req).ok_or(ApiError::MissingToken)?;
+    let slot = match state.redeemer.verify(&token) {
+        Ok(claims) => match state.session_slots.try_take(&claims.org) {
             Some(slot) => Some(slot),
             None => {
                 state.metrics.rejected("too_many_sessions");
@@ -101,10 +102,12 @@ async fn admit(req: &HttpRequest, state: &AppState) -> Result<(Redemption, Slot)
             }
         },
         // Refused below, with the reason counted where every refusal is.
-        _ => None,
+        Err(_) => None,
     };
-    let (redemption, _) =
-        redeem_presented_under(req, &state.redeemer, &state.stream_policy).await?;
+    let redemption = state
+        .redeemer
+        .redeem_under(&token, &state.stream_policy)
+        .await?;
     // Only a keyring reload between the two verifications gets here without a slot.
     let slot = match slot {
         Some(slot) => slot,
