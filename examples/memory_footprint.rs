@@ -35,6 +35,7 @@ async fn main() {
                 allowed_uses: 1,
                 expires_at,
                 credit_limit: None,
+                outlive_seconds: 0,
             })
             .await
             .expect("memory store answers");

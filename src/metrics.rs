@@ -25,6 +25,8 @@ pub struct Metrics {
     rejected: IntCounterVec,
     rate_limited: IntCounterVec,
     store_errors: IntCounter,
+    rate_limit_degraded: IntCounter,
+    store_clock_skew: prometheus::Gauge,
     request_duration: HistogramVec,
     open_sessions: IntGauge,
 }
@@ -68,6 +70,18 @@ impl Metrics {
             "Replay-store calls that failed or timed out (each answered 503)",
         )
         .expect("valid metric");
+        let rate_limit_degraded = IntCounter::new(
+            "streamtoken_rate_limit_degraded_total",
+            "Minting requests checked against this process's buckets because the fleet-wide \
+             quota store did not answer in time",
+        )
+        .expect("valid metric");
+        let store_clock_skew = prometheus::Gauge::new(
+            "streamtoken_store_clock_skew_seconds",
+            "The store's clock minus this host's at the last readiness check (largest over \
+             Redis nodes; positive: the store is ahead)",
+        )
+        .expect("valid metric");
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "streamtoken_http_request_duration_seconds",
@@ -93,6 +107,8 @@ impl Metrics {
             Box::new(rejected.clone()),
             Box::new(rate_limited.clone()),
             Box::new(store_errors.clone()),
+            Box::new(rate_limit_degraded.clone()),
+            Box::new(store_clock_skew.clone()),
             Box::new(request_duration.clone()),
             Box::new(open_sessions.clone()),
         ] {
@@ -108,6 +124,8 @@ impl Metrics {
             rejected,
             rate_limited,
             store_errors,
+            rate_limit_degraded,
+            store_clock_skew,
             request_duration,
             open_sessions,
         }
@@ -153,6 +171,14 @@ impl Metrics {
 
     pub fn store_error(&self) {
         self.store_errors.inc();
+    }
+
+    pub fn rate_limit_degraded(&self) {
+        self.rate_limit_degraded.inc();
+    }
+
+    pub fn store_clock_skew(&self, seconds: f64) {
+        self.store_clock_skew.set(seconds);
     }
 
     /// Counts an open session until the returned guard is dropped.

@@ -27,6 +27,8 @@ pub struct Settings {
     pub workers: usize,
     /// Each org's minting quota, unless one of its keys sets its own.
     pub rate_limit: RateQuota,
+    /// Whether that quota holds across the fleet (in the shared store) or in each process.
+    pub rate_limit_scope: RateLimitScope,
     pub compat: CompatFamilies,
     pub stream: StreamSettings,
     pub demo: DemoMode,
@@ -163,14 +165,52 @@ pub struct TokenSettings {
 
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub url: Secret,
-    /// Every replay-store key is `<prefix>:<jti>`, so several deployments can share a Redis.
+    pub target: RedisTarget,
+    /// Every key starts with `<prefix>:`, so several deployments can share a Redis.
     pub key_prefix: String,
     /// Longest wait for one Redis answer before redemption fails closed with 503.
     pub timeout: Duration,
     /// Strict single use across Redis restarts: redeem only while Redis confirms
     /// `appendonly yes` and `appendfsync always`.
     pub require_persistence: bool,
+    /// Replicas that must hold a recorded use (Redis `WAIT`) before it counts as accepted, so
+    /// a failover cannot forget it.
+    pub replica_acks: u32,
+    /// PEM file of the CA that signed the Redis servers' certificates (`rediss://`); unset
+    /// means the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// One Redis, or the seed nodes of a Redis Cluster.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    Standalone(Secret),
+    Cluster(Vec<Secret>),
+}
+
+impl RedisTarget {
+    fn urls(&self) -> &[Secret] {
+        match self {
+            RedisTarget::Standalone(url) => std::slice::from_ref(url),
+            RedisTarget::Cluster(urls) => urls,
+        }
+    }
+
+    /// Whether the connection is TLS (`rediss://`).
+    pub fn uses_tls(&self) -> bool {
+        self.urls()
+            .iter()
+            .any(|url| url.expose().trim_start().starts_with("rediss://"))
+    }
+}
+
+/// Where the minting quota is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitScope {
+    /// One bucket per org (or key) shared by every process on the Redis store.
+    Fleet,
+    /// A bucket in each process: a fleet of N allows N × the quota.
+    Process,
 }
 
 /// A configuration value that may hold a password (a Redis URL): `Debug` never prints it.
@@ -207,6 +247,7 @@ pub const DEFAULT_LEEWAY_SECONDS: u64 = 5;
 pub const MAX_LEEWAY_SECONDS: u64 = 300;
 pub const DEFAULT_REDIS_PREFIX: &str = "streamtoken";
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 500;
+pub const MAX_REDIS_REPLICA_ACKS: u64 = 16;
 pub const DEFAULT_RATE_PER_MINUTE: u64 = 600;
 pub const DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS: u64 = 60;
 pub const DEFAULT_STREAM_TOKEN_TYPE: &str = "realtime";
@@ -223,29 +264,7 @@ impl Settings {
     /// Reads settings through `lookup`, so tests need not mutate the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
-        let require_persistence = env.flag("STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE")?;
-        let redis = match env.text("STREAMTOKEN_REDIS_URL") {
-            None => None,
-            Some(url) => Some(RedisSettings {
-                url: Secret::new(url),
-                key_prefix: env
-                    .text("STREAMTOKEN_REDIS_PREFIX")
-                    .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.into()),
-                timeout: Duration::from_millis(env.number(
-                    "STREAMTOKEN_REDIS_TIMEOUT_MS",
-                    DEFAULT_REDIS_TIMEOUT_MS,
-                    1..=60_000,
-                )?),
-                require_persistence,
-            }),
-        };
-        if let Some(redis) = &redis {
-            redis::Client::open(redis.url.expose()).map_err(|e| ConfigError {
-                variable: "STREAMTOKEN_REDIS_URL",
-                value: "[redacted]".into(),
-                reason: e.to_string(),
-            })?;
-        }
+        let redis = env.redis()?;
         let bind: SocketAddr = env.parsed("STREAMTOKEN_BIND", DEFAULT_BIND)?;
         Ok(Settings {
             bind,
@@ -258,7 +277,6 @@ impl Settings {
                 .unwrap_or_else(|| "keys".into())
                 .into(),
             strict_key_files: env.flag("STREAMTOKEN_STRICT_KEY_FILES")?,
-            redis,
             token: TokenSettings {
                 issuer: env.name("STREAMTOKEN_ISSUER", DEFAULT_ISSUER)?,
                 audience: env.name("STREAMTOKEN_AUDIENCE", DEFAULT_AUDIENCE)?,
@@ -270,6 +288,7 @@ impl Settings {
             },
             workers: env.number("STREAMTOKEN_WORKERS", default_workers() as u64, 1..=1024)?
                 as usize,
+            rate_limit_scope: env.rate_limit_scope(redis.is_some())?,
             rate_limit: {
                 let per_minute = env.number(
                     "STREAMTOKEN_RATE_PER_MINUTE",
@@ -319,6 +338,7 @@ impl Settings {
                     1..=86_400,
                 )?))
             },
+            redis,
             demo: match env.text("STREAMTOKEN_DEMO").as_deref().map(str::trim) {
                 None | Some("off") => DemoMode::Off,
                 Some("on") if bind.ip().is_loopback() => DemoMode::On,
@@ -352,6 +372,15 @@ impl Default for TokenSettings {
             leeway_seconds: DEFAULT_LEEWAY_SECONDS,
         }
     }
+}
+
+/// A Redis URL the client accepts; the message never repeats it (it may hold a password).
+fn check_redis_url(variable: &'static str, url: &str) -> Result<(), ConfigError> {
+    redis::Client::open(url).map(drop).map_err(|e| ConfigError {
+        variable,
+        value: "[redacted]".into(),
+        reason: e.to_string(),
+    })
 }
 
 fn default_workers() -> usize {
@@ -403,6 +432,90 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
                 range.start(),
                 range.end()
             )))
+        }
+    }
+
+    /// The Redis store, if one is configured: one URL or a cluster's seed nodes, never both.
+    fn redis(&self) -> Result<Option<RedisSettings>, ConfigError> {
+        let target = match (
+            self.text("STREAMTOKEN_REDIS_URL"),
+            self.text("STREAMTOKEN_REDIS_CLUSTER_URLS"),
+        ) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError {
+                    variable: "STREAMTOKEN_REDIS_CLUSTER_URLS",
+                    value: "[redacted]".into(),
+                    reason: "set STREAMTOKEN_REDIS_URL (one Redis) or STREAMTOKEN_REDIS_CLUSTER_URLS \
+                             (a cluster's seed nodes), not both"
+                        .into(),
+                })
+            }
+            (Some(url), None) => {
+                check_redis_url("STREAMTOKEN_REDIS_URL", &url)?;
+                RedisTarget::Standalone(Secret::new(url))
+            }
+            (None, Some(list)) => {
+                let urls: Vec<Secret> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(|url| {
+                        check_redis_url("STREAMTOKEN_REDIS_CLUSTER_URLS", url)?;
+                        Ok(Secret::new(url))
+                    })
+                    .collect::<Result<_, ConfigError>>()?;
+                let target = RedisTarget::Cluster(urls);
+                let tls = target.urls().iter().filter(|u| u.expose().starts_with("rediss://"));
+                if tls.count() % target.urls().len() != 0 {
+                    return Err(ConfigError {
+                        variable: "STREAMTOKEN_REDIS_CLUSTER_URLS",
+                        value: "[redacted]".into(),
+                        reason: "mixes redis:// and rediss://; a cluster is all TLS or none".into(),
+                    });
+                }
+                target
+            }
+        };
+        Ok(Some(RedisSettings {
+            target,
+            key_prefix: self
+                .text("STREAMTOKEN_REDIS_PREFIX")
+                .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.into()),
+            timeout: Duration::from_millis(self.number(
+                "STREAMTOKEN_REDIS_TIMEOUT_MS",
+                DEFAULT_REDIS_TIMEOUT_MS,
+                1..=60_000,
+            )?),
+            require_persistence: self.flag("STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE")?,
+            replica_acks: self.number(
+                "STREAMTOKEN_REDIS_REPLICA_ACKS",
+                0,
+                0..=MAX_REDIS_REPLICA_ACKS,
+            )? as u32,
+            tls_ca_file: self.text("STREAMTOKEN_REDIS_TLS_CA_FILE").map(PathBuf::from),
+        }))
+    }
+
+    /// `fleet` (the default with a Redis store) or `process`; `fleet` needs the Redis store.
+    fn rate_limit_scope(&self, shared_store: bool) -> Result<RateLimitScope, ConfigError> {
+        let name = "STREAMTOKEN_RATE_LIMIT_SCOPE";
+        match self.text(name).as_deref().map(str::trim) {
+            None if shared_store => Ok(RateLimitScope::Fleet),
+            None | Some("process") => Ok(RateLimitScope::Process),
+            Some("fleet") if shared_store => Ok(RateLimitScope::Fleet),
+            Some("fleet") => Err(ConfigError {
+                variable: name,
+                value: "fleet".into(),
+                reason: "a fleet-wide quota is kept in Redis; set STREAMTOKEN_REDIS_URL or \
+                         STREAMTOKEN_REDIS_CLUSTER_URLS"
+                    .into(),
+            }),
+            Some(other) => Err(ConfigError {
+                variable: name,
+                value: other.into(),
+                reason: "must be fleet or process".into(),
+            }),
         }
     }
 

@@ -161,6 +161,7 @@ impl Redeemer {
                 allowed_uses: claims.uses,
                 expires_at: self.entry_expiry(&claims),
                 credit_limit: keyring.api_keys().credit_limit(&claims.org),
+                outlive_seconds: self.skew_margin(),
             })
             .await?;
         match consumed {
@@ -200,7 +201,7 @@ impl Redeemer {
         }
         let used = self
             .store
-            .uses_recorded(claims.jti, claims.uses)
+            .uses_recorded(&claims.org, claims.jti, claims.uses)
             .await
             .inspect_err(|_| self.count_store_error())?;
         let uses_remaining = claims.uses.saturating_sub(used);
@@ -218,9 +219,16 @@ impl Redeemer {
         }
     }
 
-    /// A consumed `jti` must be remembered for as long as its token could still verify: until
-    /// `exp` + leeway, plus one second for the boundary.
+    /// A consumed `jti` must be remembered for as long as its token could still verify on any
+    /// gateway. A gateway accepts until `exp` + leeway on its own clock, and clocks may differ
+    /// from ours (and the store's) by up to the leeway: so `exp` + 2 × leeway, plus one second
+    /// for the boundary.
     fn entry_expiry(&self, claims: &Claims) -> i64 {
-        claims.exp + self.leeway_seconds + 1
+        claims.exp + self.skew_margin()
+    }
+
+    /// 2 × leeway + 1 s: how long past `exp` (or past the store's now) an entry is kept.
+    fn skew_margin(&self) -> i64 {
+        2 * self.leeway_seconds + 1
     }
 }

@@ -152,6 +152,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         let state = app.state();
+        let counted = state.clone();
         let server = app.server_handle();
         tokio::spawn(reload_on_sighup(state.keyring.clone()));
         tokio::spawn(async move {
@@ -164,6 +165,8 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         app.run_until_stopped()
             .await
             .context("running the server")?;
+        // Minted counts summed in this process, not yet in the shared store.
+        counted.store.flush().await;
         log::info!("stopped");
         Ok(())
     })

@@ -52,7 +52,7 @@ async fn run(
     let caller = caller?;
     let key = caller.require(Scope::Mint)?;
     let request = parsed?;
-    match state.rate_limiter.check(key) {
+    match state.rate_limiter.check(key).await {
         RateDecision::Allowed(state) => *quota = Some(state),
         RateDecision::Limited {
             limit,

@@ -11,7 +11,7 @@ use crate::admission::slots::SessionSlots;
 use crate::http::memory::{MemoryReturn, TRIM_INTERVAL};
 use crate::keys::keyring::KeyringHandle;
 use crate::metrics::Metrics;
-use crate::settings::{DemoMode, Settings, StreamSettings};
+use crate::settings::{DemoMode, RateLimitScope, Settings, StreamSettings};
 use crate::store::SharedStore;
 use crate::tenancy::rate_limit::RateLimiter;
 use crate::token::mint::Minter;
@@ -33,6 +33,8 @@ pub struct AppState {
     /// Hands memory back to the system after sessions end.
     pub(crate) memory: Arc<MemoryReturn>,
     pub demo: DemoMode,
+    /// The verification leeway: also how far the store's clock may be from ours.
+    pub leeway_seconds: u64,
     pub metrics: Arc<Metrics>,
     /// The operations listener (`STREAMTOKEN_ADMIN_BIND`), the only one `/metrics` answers on
     /// when set.
@@ -48,12 +50,20 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         let redeemer = Redeemer::from_settings(settings)?.with_metrics(metrics.clone());
         let keyring = redeemer.keyring().clone();
+        let fleet_quota = match settings.rate_limit_scope {
+            RateLimitScope::Fleet => redeemer.store().clone().fleet_quota(),
+            RateLimitScope::Process => None,
+        };
+        let rate_limiter = match fleet_quota {
+            Some(quota) => RateLimiter::fleet_wide(settings.rate_limit, quota, metrics.clone()),
+            None => RateLimiter::new(settings.rate_limit),
+        };
         Ok(AppState {
             store: redeemer.store().clone(),
             minter: Minter::new(keyring.clone(), settings.token.clone()),
             redeemer: web::Data::new(redeemer),
             metrics,
-            rate_limiter: RateLimiter::new(settings.rate_limit),
+            rate_limiter,
             stream_policy: Policy::any().only_token_types(settings.stream.token_types.clone()),
             session_slots: SessionSlots::new(
                 settings.stream.max_sessions,
@@ -62,6 +72,7 @@ impl AppState {
             memory: MemoryReturn::start(TRIM_INTERVAL),
             stream: settings.stream.clone(),
             demo: settings.demo,
+            leeway_seconds: settings.token.leeway_seconds,
             admin_address: None,
             shutdown: tokio::sync::watch::Sender::new(false),
             keyring,

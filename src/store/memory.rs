@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::periodic;
 
-use super::{Consumed, ReplayStore, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf};
+use super::{Consumed, Health, ReplayStore, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf};
 
 /// How often expired entries are dropped. Memory is bounded by tokens alive in the last interval.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -107,7 +107,12 @@ impl ReplayStore for MemoryStore {
         Ok(consumed)
     }
 
-    async fn uses_recorded(&self, jti: Uuid, allowed_uses: u32) -> Result<u32, StoreUnavailable> {
+    async fn uses_recorded(
+        &self,
+        _org: &str,
+        jti: Uuid,
+        allowed_uses: u32,
+    ) -> Result<u32, StoreUnavailable> {
         Ok(self
             .entries
             .get(&jti)
@@ -128,8 +133,8 @@ impl UsageStore for MemoryStore {
 
 #[async_trait]
 impl SharedStore for MemoryStore {
-    async fn ping(&self) -> Result<(), StoreUnavailable> {
-        Ok(())
+    async fn health(&self) -> Health {
+        Health::healthy("memory")
     }
 
     fn backend(&self) -> &'static str {
@@ -152,6 +157,7 @@ mod tests {
             allowed_uses,
             expires_at,
             credit_limit: None,
+            outlive_seconds: 0,
         }
     }
 
@@ -169,7 +175,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(second, Consumed::AlreadyUsed);
-        assert_eq!(store.uses_recorded(jti, 1).await.unwrap(), 1);
+        assert_eq!(store.uses_recorded("acme", jti, 1).await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -4,15 +4,20 @@
 //! - `ReplayStore`: consumed uses, the set of `jti` values that makes a token single use (and
 //!   the credit charged with each use, in the same atomic step);
 //! - `UsageStore`: each org's minted and redeemed counters;
-//! - `SharedStore`: both, plus health.
+//! - `FleetQuota`: minting quotas one bucket per org for the whole fleet (Redis only);
+//! - `SharedStore`: all of them, plus health.
 //!
-//! A consumed entry expires when its token could no longer verify anyway (`exp` + leeway), so the
-//! store holds no more than the tokens still alive. Both backends record a use in one atomic step
+//! A consumed entry expires when its token could no longer verify on any gateway whose clock is
+//! within the leeway of ours (`exp` + 2 × leeway), so the store holds no more than the tokens
+//! still alive. Both backends record a use in one atomic step
 //! (never read-then-write), so concurrent redemptions of one token cannot both succeed.
 
+mod health;
 mod memory;
+mod redis_connection;
 mod redis_store;
 
+pub use health::{Health, NodeCheck};
 pub use memory::MemoryStore;
 pub use redis_store::{Persistence, RedisStore};
 
@@ -25,7 +30,8 @@ pub fn open(
         Some(redis) => {
             let store = std::sync::Arc::new(RedisStore::connect_lazily(redis)?);
             let checking = store.clone();
-            tokio::spawn(async move { checking.warn_about_persistence().await });
+            let leeway = settings.token.leeway_seconds;
+            tokio::spawn(async move { checking.warn_at_start_up(leeway).await });
             store
         }
         None => {
@@ -49,6 +55,9 @@ pub struct UseOf<'a> {
     pub expires_at: i64,
     /// The org's credit allowance (total redemptions it may make); `None` = unlimited.
     pub credit_limit: Option<u64>,
+    /// The entry outlives the store's own clock by at least this much, whatever `expires_at`
+    /// says on ours (a store whose clock runs ahead must not drop it early).
+    pub outlive_seconds: i64,
 }
 
 /// Result of trying to record one use of a token.
@@ -82,26 +91,61 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// credit limit, a redemption that would exceed it records nothing and returns `NoCredits`.
     async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable>;
 
-    /// How many uses of `jti` have been recorded (at most `allowed_uses`), without recording one.
-    async fn uses_recorded(&self, jti: Uuid, allowed_uses: u32) -> Result<u32, StoreUnavailable>;
+    /// How many uses of `org`'s token `jti` have been recorded (at most `allowed_uses`), without
+    /// recording one.
+    async fn uses_recorded(
+        &self,
+        org: &str,
+        jti: Uuid,
+        allowed_uses: u32,
+    ) -> Result<u32, StoreUnavailable>;
 }
 
 /// Each org's counters.
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
-    /// Counts a minted token. Best effort and never awaited by minting, which must not depend on
-    /// the store: a lost increment only makes `/v1/usage` low.
+    /// Counts a minted token. Never awaited by minting, which must not depend on the store: the
+    /// Redis store sums counts in the process and adds them once a second.
     fn record_minted(&self, org: &str);
 
     async fn usage(&self, org: &str) -> Result<Usage, StoreUnavailable>;
+
+    /// Writes out counts held in the process (at shutdown).
+    async fn flush(&self) {}
+}
+
+/// One quota bucket shared by the fleet.
+#[async_trait]
+pub trait FleetQuota: Send + Sync + 'static {
+    /// Takes one request from `org`'s bucket `bucket`, on the store's clock.
+    async fn take(
+        &self,
+        org: &str,
+        bucket: &str,
+        quota: crate::settings::RateQuota,
+    ) -> Result<QuotaTaken, StoreUnavailable>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaTaken {
+    pub allowed: bool,
+    /// Requests that may be made right now.
+    pub remaining: u32,
+    /// When refused, how long until one more request is allowed.
+    pub retry_after: std::time::Duration,
 }
 
 /// One backend holding all shared state.
 #[async_trait]
 pub trait SharedStore: ReplayStore + UsageStore {
-    /// Whether the store answers; drives `/readyz`.
-    async fn ping(&self) -> Result<(), StoreUnavailable>;
+    /// Whether the store can serve redemptions, and its clock; drives `/readyz`.
+    async fn health(&self) -> Health;
 
     /// Short name for logs and health output.
     fn backend(&self) -> &'static str;
+
+    /// The fleet-wide quota buckets, when the store can keep them.
+    fn fleet_quota(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn FleetQuota>> {
+        None
+    }
 }

@@ -1,47 +1,100 @@
-//! Redis replay store, shared by a fleet of issuers and gateways.
+//! Redis store, shared by a fleet of issuers and gateways, on one Redis or a Redis Cluster.
 //!
-//! A single-use token is consumed with `SET <prefix>:<jti> <org> NX EXAT <expires_at>`: one
-//! atomic command on one key. A multi-use token counts its uses with a small Lua script (INCR +
-//! EXPIREAT on one key). Usage counters live at `<prefix>:usage:<org>:{minted,redeemed}`; a credit
-//! charge is a conditional INCR of the redeemed counter (refunded if the token was already used),
-//! again one key. Every step touches a
-//! single key, so the store works on a standalone Redis and on Redis Cluster alike.
+//! Key layout: everything of one org shares the hash tag `{<org>}`, so every operation that
+//! touches several keys (a use and its credit charge) stays in one cluster slot:
+//! - `<prefix>:{<org>}:use:<jti>` — a hash of the attempts that used the token (one field per
+//!   accepted use), so an attempt can take back exactly its own use;
+//! - `<prefix>:{<org>}:redeemed`, `<prefix>:{<org>}:minted` — the org's counters;
+//! - `<prefix>:{<org>}:rate:<bucket>` — a fleet-wide quota bucket (`quota.rs`).
+//!
+//! The price of the tag: one org's traffic lands on one cluster master. Orgs spread over the
+//! cluster; a single org is as fast as one master.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::FromRedisValue;
+use dashmap::DashMap;
+use redis::{ErrorKind, FromRedisValue, ServerErrorKind, Value};
 use uuid::Uuid;
 
-use super::{Consumed, ReplayStore, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf};
-use crate::settings::RedisSettings;
+use super::health::Health;
+use super::redis_connection::RedisConnection;
+use super::{
+    Consumed, FleetQuota, QuotaTaken, ReplayStore, SharedStore, StoreUnavailable, Usage,
+    UsageStore, UseOf,
+};
+use crate::settings::{RateQuota, RedisSettings};
 
-/// Records one use of a multi-use token; returns the uses left, or -1 when none were left.
-const CONSUME_COUNTED: &str = r"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
+/// Records one use of a token, charging a credit in the same step when the org has a limit.
+/// KEYS: use entry, redeemed counter. ARGV: allowed uses, expiry (unix s), attempt marker,
+/// credit limit (-1 = none), seconds the entry must outlive Redis's own clock at least.
+/// Returns the uses left, -1 when none were left, -2 when the org has no credit left.
+const CONSUME: &str = r"
+local used = redis.call('HLEN', KEYS[1])
 local allowed = tonumber(ARGV[1])
-if n > allowed then return -1 end
-return allowed - n
+if used >= allowed then return -1 end
+local limit = tonumber(ARGV[4])
+if limit >= 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= limit then return -2 end
+redis.call('HSET', KEYS[1], ARGV[3], 1)
+if used == 0 then
+  local floor = tonumber(redis.call('TIME')[1]) + tonumber(ARGV[5])
+  redis.call('EXPIREAT', KEYS[1], math.max(tonumber(ARGV[2]), floor))
+end
+redis.call('INCR', KEYS[2])
+return allowed - used - 1
 ";
 
-/// Spends one credit if the org has one left: returns the new count, or -1 when spent out.
-const CHARGE_CREDIT: &str = r"
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used >= tonumber(ARGV[1]) then return -1 end
-return redis.call('INCR', KEYS[1])
+/// Takes back one attempt's use and its count (or credit). KEYS: use entry, redeemed counter.
+/// ARGV: attempt marker. Returns 1 if the attempt had a use to take back.
+const RELEASE: &str = r"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('DECR', KEYS[2])
+  return 1
+end
+return 0
 ";
+
+/// GCRA on Redis's clock: one key holds the bucket's theoretical arrival time (µs).
+/// ARGV: emission interval (µs), burst. Returns {allowed, remaining, retry after (µs)}.
+const TAKE_QUOTA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local capacity = interval * tonumber(ARGV[2])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local next_tat = tat + interval
+if next_tat - now > capacity then
+  return {0, 0, next_tat - now - capacity}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
+return {1, math.floor((capacity - (next_tat - now)) / interval), 0}
+";
+
+/// How often minted counts summed in the process are added to Redis.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a background release after a timeout may wait for Redis.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct RedisStore {
     /// Every Redis call runs here (see `IoRuntime`).
     io: IoRuntime,
-    conn: ConnectionManager,
-    key_prefix: String,
+    conn: RedisConnection,
+    keys: KeyLayout,
     timeout: Duration,
     require_persistence: bool,
-    charge_credit: redis::Script,
+    replica_acks: u32,
+    /// Minted tokens not yet added to Redis, per org: minting never waits for Redis.
+    minted: Arc<DashMap<String, u64>>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    consume: Lua,
+    release: Lua,
+    take_quota: Lua,
 }
 
 impl RedisStore {
@@ -49,54 +102,60 @@ impl RedisStore {
     /// Redis is down; the connection opens on first use and reopens by itself after a failure.
     pub fn connect_lazily(settings: &RedisSettings) -> anyhow::Result<Self> {
         let io = IoRuntime::start()?;
-        // The manager spawns its helpers on the runtime it is created in.
-        let _inside = io.handle().enter();
-        let client = redis::Client::open(settings.url.expose())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(settings.timeout);
-        Ok(RedisStore {
-            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+        let conn = {
+            let _inside = io.handle().enter();
+            RedisConnection::prepare(settings)?
+        };
+        let store = RedisStore {
+            conn,
             io,
-            key_prefix: settings.key_prefix.clone(),
+            keys: KeyLayout(settings.key_prefix.clone()),
             timeout: settings.timeout,
             require_persistence: settings.require_persistence,
-            charge_credit: redis::Script::new(CHARGE_CREDIT),
-        })
+            replica_acks: settings.replica_acks,
+            minted: Arc::new(DashMap::new()),
+            scripts: Scripts {
+                consume: Lua::new(CONSUME),
+                release: Lua::new(RELEASE),
+                take_quota: Lua::new(TAKE_QUOTA),
+            },
+        };
+        store.spawn_minted_flusher();
+        Ok(store)
     }
 
-    /// What Redis says about its persistence (`CONFIG GET appendonly` / `appendfsync`).
-    pub async fn persistence(&self) -> Result<Persistence, StoreUnavailable> {
-        let mut config_get = redis::cmd("CONFIG");
-        config_get.arg("GET").arg("append*");
+    /// What Redis says about its persistence (`CONFIG GET appendonly` / `appendfsync`), asked of
+    /// the node that holds `key`.
+    async fn persistence(&self, key: &str) -> Result<Persistence, StoreUnavailable> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS").arg(key).ignore();
+        pipe.cmd("CONFIG").arg("GET").arg("append*");
+        let mut conn = self.conn.clone();
         let reply = self
-            .run(self.command::<Vec<String>>(config_get))
+            .run(async move { pipe.query_async::<(Vec<String>,)>(&mut conn).await })
             .await
             .map_err(|_| StoreUnavailable("no answer from Redis to CONFIG GET".into()))?;
         match reply {
-            Ok(pairs) => Ok(persistence_from_pairs(&pairs)),
+            Ok((pairs,)) => Ok(persistence_from_pairs(&pairs)),
             // Managed Redis often refuses CONFIG; that is an answer, not an outage.
-            Err(e) if e.kind() == redis::ErrorKind::Io => Err(StoreUnavailable(e.to_string())),
+            Err(e) if e.kind() == ErrorKind::Io => Err(StoreUnavailable(e.to_string())),
             Err(e) => Ok(Persistence::Unknown(e.to_string())),
         }
     }
 
-    /// Strict mode's condition: Redis says it persists every write before answering.
-    async fn require_every_write(&self) -> Result<(), StoreUnavailable> {
-        match self.persistence().await? {
+    /// Strict mode's condition: the node holding `key` persists every write before answering.
+    async fn require_every_write(&self, key: &str) -> Result<(), StoreUnavailable> {
+        match self.persistence(key).await? {
             Persistence::EveryWrite => Ok(()),
-            other => Err(StoreUnavailable(format!(
-                "strict mode (STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE) needs Redis with appendonly \
-                 yes and appendfsync always; it reports {other:?}"
-            ))),
+            other => Err(not_persistent(&other)),
         }
     }
 
-    /// Logs, once at start-up, what a Redis restart would do to single use.
-    pub async fn warn_about_persistence(&self) {
-        match self.persistence().await {
+    /// Logs, once at start-up, what a Redis restart would do to single use, and how far Redis's
+    /// clock is from ours.
+    pub async fn warn_at_start_up(&self, leeway_seconds: u64) {
+        let probe = self.keys.use_entry("probe", Uuid::nil());
+        match self.persistence(&probe).await {
             Ok(Persistence::EveryWrite) => {
                 log::info!("Redis persistence: appendonly yes, appendfsync always (strict single use across restarts)")
             }
@@ -115,100 +174,36 @@ impl RedisStore {
             }
             Err(e) => log::info!("Redis persistence not checked at start-up: {e}"),
         }
+        let health = self.health().await;
+        if let Some(skew) = health.clock_skew_seconds {
+            super::health::log_clock_skew(skew, leeway_seconds);
+        }
     }
 
-    /// Takes back a use this attempt recorded, and its count.
-    async fn release(
-        &self,
-        key: &str,
-        marker: &str,
-        redeemed: &str,
-        allowed_uses: u32,
-    ) -> Result<(), StoreUnavailable> {
-        let released: i64 = if allowed_uses <= 1 {
-            self.query(release_marked(key, marker)).await?
-        } else {
-            self.query::<i64>(decr(key)).await.map(|_| 1)?
-        };
-        if released > 0 {
-            self.query::<i64>(decr(redeemed)).await?;
-        }
-        Ok(())
+    /// Takes back the use `marker` recorded, and its count or credit.
+    async fn release(&self, entry: &str, redeemed: &str, marker: &str) -> Result<(), StoreUnavailable> {
+        let mut release = self.scripts.release.call(false, &[entry, redeemed]);
+        release.arg(marker);
+        self.query::<i64>(release).await.map(drop)
     }
 
     /// After a timeout the write may still be queued (a paused Redis runs it later). Queue a
-    /// compare-and-delete behind it on the same ordered connection, so a single-use token
-    /// refused with 503 is not consumed after all and the documented retry works. Best effort:
-    /// if the connection itself is lost, the write either ran before the loss or never will.
-    fn release_after_timeout(&self, key: &str, marker: &str, redeemed: &str, use_of: &UseOf<'_>) {
-        if use_of.allowed_uses > 1 || use_of.credit_limit.is_some() {
-            return; // counted uses and charged credits cannot be told apart per attempt
-        }
+    /// release behind it on the same ordered connection, so a use refused with 503 is not spent
+    /// after all, and neither is its credit. Best effort: if the connection itself is lost, the
+    /// write either ran before the loss or never will.
+    fn release_after_timeout(&self, entry: &str, redeemed: &str, marker: &str) {
         let mut conn = self.conn.clone();
-        let release = release_marked(key, marker);
-        let decr = decr(redeemed);
-        // The timed-out write was sent before its wait was abandoned, so this compare-and-delete
-        // is queued behind it.
+        // By text: it may run long after it was sent, on a node that never loaded the script.
+        let mut release = self.scripts.release.call(false, &[entry, redeemed]);
+        release.arg(marker);
         self.io.handle().spawn(async move {
-            let released =
-                tokio::time::timeout(RELEASE_DEADLINE, release.query_async::<i64>(&mut conn)).await;
-            if let Ok(Ok(1)) = released {
-                let _ = tokio::time::timeout(RELEASE_DEADLINE, decr.query_async::<i64>(&mut conn))
-                    .await;
-            }
+            let _ = tokio::time::timeout(RELEASE_DEADLINE, release.query_async::<i64>(&mut conn))
+                .await;
         });
     }
 
-    fn key(&self, jti: Uuid) -> String {
-        format!("{}:{}", self.key_prefix, jti.as_hyphenated())
-    }
-
-    fn usage_key(&self, org: &str, counter: &str) -> String {
-        format!("{}:usage:{org}:{counter}", self.key_prefix)
-    }
-
-    /// The one command that records a use: `SET NX EXAT` for single use, the script otherwise.
-    fn record_use(&self, key: &str, marker: &str, use_of: &UseOf<'_>) -> redis::Cmd {
-        if use_of.allowed_uses <= 1 {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(key)
-                .arg(marker)
-                .arg("NX")
-                .arg("EXAT")
-                .arg(use_of.expires_at);
-            cmd
-        } else {
-            // Plain EVAL: multi-use tokens are rare, and a restarted Redis that forgot the
-            // script cannot turn into an error here.
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(CONSUME_COUNTED)
-                .arg(1)
-                .arg(key)
-                .arg(use_of.allowed_uses)
-                .arg(use_of.expires_at);
-            cmd
-        }
-    }
-
-    /// One command on the shared connection, as a future the I/O runtime can own.
-    fn command<T: FromRedisValue + Send + 'static>(
-        &self,
-        cmd: redis::Cmd,
-    ) -> impl Future<Output = redis::RedisResult<T>> + Send + 'static {
-        let mut conn = self.conn.clone();
-        async move { cmd.query_async(&mut conn).await }
-    }
-
-    /// `cmd`, bounded by the store timeout.
-    async fn query<T: FromRedisValue + Send + 'static>(
-        &self,
-        cmd: redis::Cmd,
-    ) -> Result<T, StoreUnavailable> {
-        self.bounded(self.command(cmd)).await
-    }
-
-    /// Runs `call` on the I/O runtime, bounded by the configured timeout whatever the connection
-    /// is doing: a paused or unreachable Redis turns into a quick 503, never a pile of waiting
+    /// `call` on the I/O runtime, bounded by the configured timeout whatever the connection is
+    /// doing: a paused or unreachable Redis turns into a quick 503, never a pile of waiting
     /// requests. A call that times out is abandoned (what it sent stays sent).
     async fn run<T: Send + 'static>(
         &self,
@@ -228,160 +223,301 @@ impl RedisStore {
         }
     }
 
-    /// Like `run`, for a call that answers with a Redis result.
-    async fn bounded<T: Send + 'static>(
+    /// One command, bounded by the store timeout.
+    async fn query<T: FromRedisValue + Send + 'static>(
         &self,
-        call: impl Future<Output = redis::RedisResult<T>> + Send + 'static,
+        cmd: redis::Cmd,
     ) -> Result<T, StoreUnavailable> {
-        self.run(call)
+        let mut conn = self.conn.clone();
+        self.run(async move { cmd.query_async(&mut conn).await })
             .await?
             .map_err(|e| StoreUnavailable(e.to_string()))
+    }
+
+    /// A pipeline, bounded by the store timeout, retried once with the scripts' text when the
+    /// node does not know them yet (a restarted Redis, a new master after a failover).
+    async fn pipeline(
+        &self,
+        build: impl Fn(bool) -> redis::Pipeline,
+    ) -> Result<Vec<Value>, StoreUnavailable> {
+        for by_hash in [true, false] {
+            let pipe = build(by_hash);
+            let mut conn = self.conn.clone();
+            match self.run(async move { pipe.query_async::<Vec<Value>>(&mut conn).await }).await? {
+                Ok(replies) => return Ok(replies),
+                Err(e) if by_hash && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {}
+                Err(e) => return Err(StoreUnavailable(e.to_string())),
+            }
+        }
+        Err(StoreUnavailable("Redis refused the script".into()))
+    }
+
+    /// Adds the minted counts summed in this process to Redis, once a second.
+    fn spawn_minted_flusher(&self) {
+        let (conn, minted, keys) = (self.conn.clone(), self.minted.clone(), self.keys.clone());
+        let timeout = self.timeout;
+        self.io.handle().spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+            loop {
+                tick.tick().await;
+                flush_minted(&conn, &minted, &keys, timeout).await;
+            }
+        });
+    }
+}
+
+/// Moves each org's pending minted count to Redis; a count Redis did not take is put back for
+/// the next round, so nothing is lost while Redis is away.
+async fn flush_minted(
+    conn: &super::redis_connection::RedisConnection,
+    minted: &DashMap<String, u64>,
+    keys: &KeyLayout,
+    timeout: Duration,
+) {
+    let orgs: Vec<String> = minted.iter().map(|entry| entry.key().clone()).collect();
+    for org in orgs {
+        let Some((org, count)) = minted.remove(&org) else { continue };
+        if count == 0 {
+            continue;
+        }
+        let mut incr = redis::cmd("INCRBY");
+        incr.arg(keys.counter(&org, "minted")).arg(count);
+        let mut conn = conn.clone();
+        let added = tokio::time::timeout(timeout, incr.query_async::<i64>(&mut conn)).await;
+        if !matches!(added, Ok(Ok(_))) {
+            *minted.entry(org).or_insert(0) += count;
+        }
+    }
+}
+
+/// Where each piece of state lives; see the module comment.
+#[derive(Debug, Clone)]
+struct KeyLayout(String);
+
+impl KeyLayout {
+    fn use_entry(&self, org: &str, jti: Uuid) -> String {
+        format!("{}:{{{org}}}:use:{}", self.0, jti.as_hyphenated())
+    }
+
+    fn counter(&self, org: &str, name: &str) -> String {
+        format!("{}:{{{org}}}:{name}", self.0)
+    }
+
+    fn quota(&self, org: &str, bucket: &str) -> String {
+        format!("{}:{{{org}}}:rate:{bucket}", self.0)
+    }
+}
+
+/// A Lua script, sent by hash and, when a node does not know it yet, by text.
+struct Lua {
+    text: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    fn new(text: &'static str) -> Self {
+        Lua {
+            text,
+            hash: redis::Script::new(text).get_hash().to_owned(),
+        }
+    }
+
+    /// `EVALSHA` (or `EVAL` with the text, which also loads it on the node) over `keys`.
+    fn call(&self, by_hash: bool, keys: &[&str]) -> redis::Cmd {
+        let mut cmd = if by_hash {
+            redis::cmd("EVALSHA")
+        } else {
+            redis::cmd("EVAL")
+        };
+        cmd.arg(if by_hash { self.hash.as_str() } else { self.text })
+            .arg(keys.len());
+        for key in keys {
+            cmd.arg(*key);
+        }
+        cmd
     }
 }
 
 #[async_trait]
 impl ReplayStore for RedisStore {
     async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable> {
-        let key = self.key(use_of.jti);
-        let redeemed = self.usage_key(use_of.org, "redeemed");
-        // A single-use entry holds this attempt's marker, so a timed-out attempt can take back
-        // exactly its own write (see `release_after_timeout`).
-        let marker = format!("{} {}", use_of.org, Uuid::new_v4().simple());
+        let entry = self.keys.use_entry(use_of.org, use_of.jti);
+        let redeemed = self.keys.counter(use_of.org, "redeemed");
+        // Each accepted use is a field named by its attempt, so a failed attempt takes back
+        // exactly its own use (see `release_after_timeout`).
+        let marker = Uuid::new_v4().simple().to_string();
         if self.require_persistence {
             // Refuse before spending anything (a use, a credit) when Redis cannot confirm it
             // persists every write, CONFIG refused included. The check rides in the write's
             // pipeline again below, for a Redis restarted in between.
-            self.require_every_write().await?;
+            self.require_every_write(&entry).await?;
         }
-        if let Some(limit) = use_of.credit_limit {
-            // Charge first, then record the use, refunding a replay: a concurrent redemption is
-            // never told "already used" about a use that would be taken back. The price is that
-            // a replay in flight may briefly hold the org's last credit (a transient 402).
-            let (mut conn, script, counter) = (
-                self.conn.clone(),
-                self.charge_credit.clone(),
-                redeemed.clone(),
-            );
-            let charged: i64 = self
-                .bounded(
-                    async move { script.key(counter).arg(limit).invoke_async(&mut conn).await },
-                )
-                .await?;
-            if charged < 0 {
-                let used = self.uses_recorded(use_of.jti, use_of.allowed_uses).await?;
-                return Ok(if used >= use_of.allowed_uses {
-                    Consumed::AlreadyUsed
-                } else {
-                    Consumed::NoCredits
-                });
+        let credit_limit = use_of.credit_limit.map_or(-1, |limit| limit.min(i64::MAX as u64) as i64);
+        // One round trip to the node holding the entry: [the persistence check,] the use,
+        // [`WAIT` for replicas]. The check and the acknowledgement concern the very node that
+        // recorded the use: a Redis restarted without persistence cannot slip in between.
+        let build = |by_hash: bool| {
+            let mut pipe = redis::pipe();
+            if self.require_persistence {
+                pipe.cmd("CONFIG").arg("GET").arg("append*");
             }
-        }
-        // One round trip: [the persistence check in strict mode,] the use, [its count]. Sent as
-        // one pipeline on one connection, the check and the write are answered by the same
-        // Redis instance: a Redis restarted without persistence cannot slip in between.
-        let mut pipe = redis::pipe();
-        if self.require_persistence {
-            pipe.cmd("CONFIG").arg("GET").arg("append*");
-        }
-        pipe.add_command(self.record_use(&key, &marker, &use_of));
-        if use_of.credit_limit.is_none() {
-            pipe.cmd("INCR").arg(&redeemed).ignore();
-        }
-        let mut conn = self.conn.clone();
-        let sent = async move { pipe.query_async(&mut conn).await };
-        let replies: Vec<redis::Value> = match self.bounded(sent).await {
+            let mut consume = self.scripts.consume.call(by_hash, &[&entry, &redeemed]);
+            consume
+                .arg(use_of.allowed_uses)
+                .arg(use_of.expires_at)
+                .arg(&marker)
+                .arg(credit_limit)
+                .arg(use_of.outlive_seconds);
+            pipe.add_command(consume);
+            if self.replica_acks > 0 {
+                pipe.cmd("WAIT").arg(self.replica_acks).arg(self.wait_millis());
+            }
+            pipe
+        };
+        let replies = match self.pipeline(build).await {
             Ok(replies) => replies,
             Err(unavailable) => {
-                self.release_after_timeout(&key, &marker, &redeemed, &use_of);
+                self.release_after_timeout(&entry, &redeemed, &marker);
                 return Err(unavailable);
             }
         };
-        let (persistence, reply) = match (self.require_persistence, replies.as_slice()) {
-            (true, [config, reply]) => (Some(persistence_from(config)), reply),
-            (false, [reply]) => (None, reply),
-            _ => {
-                return Err(StoreUnavailable(
-                    "unexpected pipeline reply from Redis".into(),
-                ))
-            }
+        let mut replies = replies.iter();
+        let persistence = match self.require_persistence {
+            true => Some(replies.next().map_or_else(
+                || Persistence::Unknown("no reply".into()),
+                persistence_from,
+            )),
+            false => None,
         };
-        let outcome = consumed(reply);
-        if outcome == Consumed::AlreadyUsed {
-            // Give back the count (or the credit) this replay took.
-            self.query::<i64>(decr(&redeemed)).await?;
+        let outcome = match replies.next() {
+            Some(reply) => consumed(reply)?,
+            None => return Err(StoreUnavailable("unexpected pipeline reply from Redis".into())),
+        };
+        if !matches!(outcome, Consumed::Accepted { .. }) {
             return Ok(outcome);
         }
         if let Some(persistence) = persistence.filter(|p| *p != Persistence::EveryWrite) {
-            // Strict mode and Redis would not keep this use across a restart: take it back and
-            // refuse, so the token can be redeemed once persistence is on.
-            self.release(&key, &marker, &redeemed, use_of.allowed_uses)
-                .await?;
-            return Err(StoreUnavailable(format!(
-                "strict mode (STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE) needs Redis with appendonly \
-                 yes and appendfsync always; it reports {persistence:?}"
-            )));
+            // Redis would not keep this use across a restart: take it back and refuse, so the
+            // token can be redeemed once persistence is on.
+            self.release(&entry, &redeemed, &marker).await?;
+            return Err(not_persistent(&persistence));
+        }
+        if self.replica_acks > 0 {
+            let acknowledged = match replies.next() {
+                Some(Value::Int(n)) => *n,
+                _ => 0,
+            };
+            if acknowledged < i64::from(self.replica_acks) {
+                // A failover now could forget this use: take it back and let the client retry.
+                self.release(&entry, &redeemed, &marker).await?;
+                return Err(StoreUnavailable(format!(
+                    "{acknowledged} of the {} Redis replicas required \
+                     (STREAMTOKEN_REDIS_REPLICA_ACKS) acknowledged the use in time",
+                    self.replica_acks
+                )));
+            }
         }
         Ok(outcome)
     }
 
-    async fn uses_recorded(&self, jti: Uuid, allowed_uses: u32) -> Result<u32, StoreUnavailable> {
-        let mut get = redis::cmd("GET");
-        get.arg(self.key(jti));
-        let value: Option<String> = self.query(get).await?;
-        Ok(match value {
-            None => 0,
-            // A single-use entry holds "<org> <attempt>", a counted one its number of uses.
-            Some(_) if allowed_uses <= 1 => 1,
-            Some(n) => n.parse::<u32>().unwrap_or(allowed_uses).min(allowed_uses),
-        })
+    async fn uses_recorded(&self, org: &str, jti: Uuid, allowed_uses: u32) -> Result<u32, StoreUnavailable> {
+        let mut hlen = redis::cmd("HLEN");
+        hlen.arg(self.keys.use_entry(org, jti));
+        let used: u64 = self.query(hlen).await?;
+        Ok(used.min(u64::from(allowed_uses)) as u32)
+    }
+}
+
+impl RedisStore {
+    /// How long `WAIT` may block: within the store timeout, leaving time to take the use back.
+    fn wait_millis(&self) -> u64 {
+        (self.timeout.as_millis() as u64 * 3 / 4).max(1)
     }
 }
 
 #[async_trait]
 impl UsageStore for RedisStore {
     fn record_minted(&self, org: &str) {
-        let mut incr = redis::cmd("INCR");
-        incr.arg(self.usage_key(org, "minted"));
-        let incr = self.command::<i64>(incr);
-        let timeout = self.timeout;
-        self.io.handle().spawn(async move {
-            if !matches!(tokio::time::timeout(timeout, incr).await, Ok(Ok(_))) {
-                log::debug!("could not count a minted token; /v1/usage will read low");
-            }
-        });
+        *self.minted.entry(org.to_owned()).or_insert(0) += 1;
     }
 
     async fn usage(&self, org: &str) -> Result<Usage, StoreUnavailable> {
         let mut mget = redis::cmd("MGET");
-        mget.arg(self.usage_key(org, "minted"))
-            .arg(self.usage_key(org, "redeemed"));
+        mget.arg(self.keys.counter(org, "minted"))
+            .arg(self.keys.counter(org, "redeemed"));
         let (minted, redeemed): (Option<u64>, Option<u64>) = self.query(mget).await?;
+        let pending = self.minted.get(org).map_or(0, |count| *count);
         Ok(Usage {
-            minted: minted.unwrap_or(0),
+            minted: minted.unwrap_or(0) + pending,
             redeemed: redeemed.unwrap_or(0),
+        })
+    }
+
+    async fn flush(&self) {
+        let (conn, minted, keys, timeout) =
+            (self.conn.clone(), self.minted.clone(), self.keys.clone(), self.timeout);
+        let flushed = self
+            .run(async move { flush_minted(&conn, &minted, &keys, timeout).await })
+            .await;
+        let left: u64 = self.minted.iter().map(|count| *count).sum();
+        if flushed.is_err() || left > 0 {
+            log::warn!("{left} minted token(s) not counted in Redis; /v1/usage will read low");
+        }
+    }
+}
+
+#[async_trait]
+impl FleetQuota for RedisStore {
+    async fn take(&self, org: &str, bucket: &str, quota: RateQuota) -> Result<QuotaTaken, StoreUnavailable> {
+        let key = self.keys.quota(org, bucket);
+        let interval_micros = (60_000_000 / u64::from(quota.per_minute.max(1))).max(1);
+        let build = |by_hash: bool| {
+            let mut take = self.scripts.take_quota.call(by_hash, &[&key]);
+            take.arg(interval_micros).arg(quota.burst.max(1));
+            let mut pipe = redis::pipe();
+            pipe.add_command(take);
+            pipe
+        };
+        let replies = self.pipeline(build).await?;
+        let (allowed, remaining, retry_micros): (i64, i64, i64) = match replies.first() {
+            Some(reply) => redis::from_redis_value(reply.clone())
+                .map_err(|e| StoreUnavailable(format!("unexpected quota reply: {e}")))?,
+            None => return Err(StoreUnavailable("no quota reply from Redis".into())),
+        };
+        Ok(QuotaTaken {
+            allowed: allowed == 1,
+            remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
+            retry_after: Duration::from_micros(retry_micros.max(0) as u64),
         })
     }
 }
 
 #[async_trait]
 impl SharedStore for RedisStore {
-    async fn ping(&self) -> Result<(), StoreUnavailable> {
-        self.query::<String>(redis::cmd("PING")).await.map(drop)?;
-        if self.require_persistence {
-            self.require_every_write().await?;
+    async fn health(&self) -> Health {
+        let mut conn = self.conn.clone();
+        let timeout = self.timeout;
+        let require_persistence = self.require_persistence;
+        let checked = self
+            .run(async move { super::health::check_redis(&mut conn, timeout, require_persistence).await })
+            .await;
+        match checked {
+            Ok(health) => health,
+            Err(unavailable) => Health::failed("redis", unavailable.0),
         }
-        Ok(())
     }
 
     fn backend(&self) -> &'static str {
-        "redis"
+        if self.conn.is_cluster() {
+            "redis-cluster"
+        } else {
+            "redis"
+        }
     }
-}
 
-fn decr(key: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("DECR");
-    cmd.arg(key);
-    cmd
+    fn fleet_quota(self: Arc<Self>) -> Option<Arc<dyn FleetQuota>> {
+        Some(self)
+    }
 }
 
 /// A runtime of the store's own for all Redis I/O. The connection's driver task lives on
@@ -416,23 +552,6 @@ impl Drop for IoRuntime {
     }
 }
 
-/// How long a background release after a timeout may wait for Redis.
-const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Deletes a single-use entry only if it still holds this attempt's marker.
-const RELEASE_MARKED: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-";
-
-/// Plain EVAL (not EVALSHA): it may run long after it was sent, on a Redis that never loaded
-/// the script.
-fn release_marked(key: &str, marker: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(RELEASE_MARKED).arg(1).arg(key).arg(marker);
-    cmd
-}
-
 /// Reads `CONFIG GET append*` (name, value, name, value, …).
 fn persistence_from_pairs(pairs: &[String]) -> Persistence {
     let value = |name: &str| {
@@ -450,11 +569,18 @@ fn persistence_from_pairs(pairs: &[String]) -> Persistence {
     }
 }
 
-fn persistence_from(reply: &redis::Value) -> Persistence {
+fn persistence_from(reply: &Value) -> Persistence {
     match redis::from_redis_value::<Vec<String>>(reply.clone()) {
         Ok(pairs) => persistence_from_pairs(&pairs),
         Err(e) => Persistence::Unknown(e.to_string()),
     }
+}
+
+fn not_persistent(persistence: &Persistence) -> StoreUnavailable {
+    StoreUnavailable(format!(
+        "strict mode (STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE) needs Redis with appendonly yes and \
+         appendfsync always; it reports {persistence:?}"
+    ))
 }
 
 /// What a Redis restart would do to the consumed `jti` set.
@@ -470,14 +596,14 @@ pub enum Persistence {
     Unknown(String),
 }
 
-/// Reads what `SET NX` (OK / nil) or the counting script (uses left / -1) answered.
-fn consumed(reply: &redis::Value) -> Consumed {
+/// Reads what the consume script answered: uses left, -1 (none left) or -2 (no credit).
+fn consumed(reply: &Value) -> Result<Consumed, StoreUnavailable> {
     match reply {
-        redis::Value::Nil => Consumed::AlreadyUsed,
-        redis::Value::Int(left) => match u32::try_from(*left) {
-            Ok(uses_remaining) => Consumed::Accepted { uses_remaining },
-            Err(_) => Consumed::AlreadyUsed,
-        },
-        _ => Consumed::Accepted { uses_remaining: 0 },
+        Value::Int(-1) => Ok(Consumed::AlreadyUsed),
+        Value::Int(-2) => Ok(Consumed::NoCredits),
+        Value::Int(left) => u32::try_from(*left)
+            .map(|uses_remaining| Consumed::Accepted { uses_remaining })
+            .map_err(|_| StoreUnavailable(format!("unexpected consume reply {left}"))),
+        other => Err(StoreUnavailable(format!("unexpected consume reply {other:?}"))),
     }
 }

@@ -38,6 +38,7 @@ mod tests {
                 allowed_uses: 1,
                 expires_at: chrono::Utc::now().timestamp() + 60,
                 credit_limit: Some(1),
+                outlive_seconds: 0,
             })
             .await
             .unwrap();

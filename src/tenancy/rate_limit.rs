@@ -1,9 +1,15 @@
-//! Per-org rate limiting of the minting routes (governor's GCRA token bucket).
+//! Per-org rate limiting of the minting routes (GCRA token buckets).
 //!
 //! Every org has its own bucket with the default quota, so one org's traffic never slows
 //! another's. An API key with its own `rate_per_minute` gets a bucket of its own with that quota.
+//!
+//! Scope `process` keeps the buckets here (governor). Scope `fleet` keeps them in the shared
+//! store, on the store's clock, so N processes allow the quota once, not N times. When the store
+//! does not answer within its timeout, minting goes on under this process's buckets: the quota
+//! is degraded (a log line and `streamtoken_rate_limit_degraded_total` say so), never a 500.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -12,7 +18,9 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter as Gcra};
 
+use crate::metrics::Metrics;
 use crate::settings::RateQuota;
+use crate::store::FleetQuota;
 use crate::tenancy::api_keys::ApiKeyRecord;
 use crate::tenancy::org::Org;
 
@@ -43,23 +51,55 @@ enum BucketId {
     Key(String),
 }
 
+impl BucketId {
+    /// The bucket's name within its org in the shared store.
+    fn fleet_name(&self) -> String {
+        match self {
+            BucketId::Org(_) => "org".to_owned(),
+            BucketId::Key(id) => format!("key:{id}"),
+        }
+    }
+}
+
 pub struct RateLimiter {
     default: RateQuota,
     buckets: DashMap<BucketId, (RateQuota, Arc<Bucket>)>,
     clock: DefaultClock,
+    fleet: Option<Fleet>,
+}
+
+/// The shared buckets, and whether the last attempt to reach them failed.
+struct Fleet {
+    quota: Arc<dyn FleetQuota>,
+    metrics: Arc<Metrics>,
+    degraded: AtomicBool,
 }
 
 impl RateLimiter {
+    /// Buckets in this process only.
     pub fn new(default: RateQuota) -> Self {
         RateLimiter {
             default,
             buckets: DashMap::new(),
             clock: DefaultClock::default(),
+            fleet: None,
+        }
+    }
+
+    /// Buckets shared by the fleet in `quota`, with this process's as the fallback.
+    pub fn fleet_wide(default: RateQuota, quota: Arc<dyn FleetQuota>, metrics: Arc<Metrics>) -> Self {
+        RateLimiter {
+            fleet: Some(Fleet {
+                quota,
+                metrics,
+                degraded: AtomicBool::new(false),
+            }),
+            ..Self::new(default)
         }
     }
 
     /// Takes one request from the caller's bucket.
-    pub fn check(&self, key: &ApiKeyRecord) -> RateDecision {
+    pub async fn check(&self, key: &ApiKeyRecord) -> RateDecision {
         let (id, quota) = match key.rate_per_minute {
             Some(per_minute) => (
                 BucketId::Key(key.id.clone()),
@@ -67,6 +107,29 @@ impl RateLimiter {
             ),
             None => (BucketId::Org(key.org.clone()), self.default),
         };
+        if let Some(fleet) = &self.fleet {
+            match fleet.quota.take(key.org.as_str(), &id.fleet_name(), quota).await {
+                Ok(taken) => {
+                    if fleet.degraded.swap(false, Ordering::Relaxed) {
+                        log::info!("fleet-wide rate limit restored: the store answers again");
+                    }
+                    return fleet_decision(quota, taken);
+                }
+                Err(cause) => {
+                    fleet.metrics.rate_limit_degraded();
+                    if !fleet.degraded.swap(true, Ordering::Relaxed) {
+                        log::warn!(
+                            "fleet-wide rate limit degraded to this process's buckets: {cause}"
+                        );
+                    }
+                }
+            }
+        }
+        self.check_here(id, quota)
+    }
+
+    /// Takes one request from this process's bucket.
+    fn check_here(&self, id: BucketId, quota: RateQuota) -> RateDecision {
         let bucket = self.bucket(id, quota);
         match bucket.check() {
             Ok(snapshot) => RateDecision::Allowed(QuotaState {
@@ -104,6 +167,20 @@ impl RateLimiter {
     }
 }
 
+fn fleet_decision(quota: RateQuota, taken: crate::store::QuotaTaken) -> RateDecision {
+    if taken.allowed {
+        RateDecision::Allowed(QuotaState {
+            limit: quota.per_minute,
+            remaining: taken.remaining,
+        })
+    } else {
+        RateDecision::Limited {
+            limit: quota.per_minute,
+            retry_after_seconds: taken.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    }
+}
+
 fn gcra_quota(quota: RateQuota) -> Quota {
     let nonzero = |n: u32| NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
     Quota::per_minute(nonzero(quota.per_minute)).allow_burst(nonzero(quota.burst))
@@ -112,6 +189,21 @@ fn gcra_quota(quota: RateQuota) -> Quota {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl RateLimiter {
+        /// The process-scoped check, without a runtime.
+        fn check_now(&self, key: &ApiKeyRecord) -> RateDecision {
+            assert!(self.fleet.is_none());
+            futures_executor(self.check(key))
+        }
+    }
+
+    fn futures_executor<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(future)
+    }
     use crate::tenancy::api_keys::{record_for, Scope};
 
     fn key(org: &str, rate: Option<u32>) -> ApiKeyRecord {
@@ -130,13 +222,13 @@ mod tests {
         let limiter = RateLimiter::new(RateQuota::per_minute(5));
         let acme = key("acme", None);
         let remaining: Vec<u32> = (0..5)
-            .map(|_| match limiter.check(&acme) {
+            .map(|_| match limiter.check_now(&acme) {
                 RateDecision::Allowed(state) => state.remaining,
                 other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(remaining, [4, 3, 2, 1, 0]);
-        match limiter.check(&acme) {
+        match limiter.check_now(&acme) {
             RateDecision::Limited {
                 limit,
                 retry_after_seconds,
@@ -155,15 +247,15 @@ mod tests {
     fn one_org_spending_its_quota_leaves_another_untouched() {
         let limiter = RateLimiter::new(RateQuota::per_minute(1));
         assert!(matches!(
-            limiter.check(&key("a", None)),
+            limiter.check_now(&key("a", None)),
             RateDecision::Allowed(_)
         ));
         assert!(matches!(
-            limiter.check(&key("a", None)),
+            limiter.check_now(&key("a", None)),
             RateDecision::Limited { .. }
         ));
         assert!(matches!(
-            limiter.check(&key("b", None)),
+            limiter.check_now(&key("b", None)),
             RateDecision::Allowed(_)
         ));
     }
@@ -172,14 +264,14 @@ mod tests {
     fn a_reload_that_changes_a_keys_rate_takes_effect_at_once() {
         let limiter = RateLimiter::new(RateQuota::per_minute(1));
         let mut edited = key("a", Some(1));
-        assert!(matches!(limiter.check(&edited), RateDecision::Allowed(_)));
+        assert!(matches!(limiter.check_now(&edited), RateDecision::Allowed(_)));
         assert!(matches!(
-            limiter.check(&edited),
+            limiter.check_now(&edited),
             RateDecision::Limited { .. }
         ));
         edited.rate_per_minute = Some(5);
         assert_eq!(
-            limiter.check(&edited),
+            limiter.check_now(&edited),
             RateDecision::Allowed(QuotaState {
                 limit: 5,
                 remaining: 4
@@ -193,7 +285,7 @@ mod tests {
         let generous = key("a", Some(3));
         for expected in [2, 1, 0] {
             assert_eq!(
-                limiter.check(&generous),
+                limiter.check_now(&generous),
                 RateDecision::Allowed(QuotaState {
                     limit: 3,
                     remaining: expected

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use streamtoken::store::{Consumed, RedisStore, ReplayStore, SharedStore, UseOf};
+use streamtoken::store::{Consumed, RedisStore, ReplayStore, UsageStore, UseOf};
 
 use crate::support::app::redis_settings;
 use crate::support::fields::now;
@@ -31,7 +31,7 @@ fn a_redis_connection_first_used_by_a_worker_that_stopped_still_serves_the_other
         Arc::new(RedisStore::connect_lazily(&redis_settings(&redis.url())).unwrap())
     };
     worker_a
-        .block_on(store.ping())
+        .block_on(store.usage("acme"))
         .expect("Redis answers worker A");
     drop(worker_a);
 
@@ -43,6 +43,7 @@ fn a_redis_connection_first_used_by_a_worker_that_stopped_still_serves_the_other
         allowed_uses: 1,
         expires_at: now() + 60,
         credit_limit: None,
+        outlive_seconds: 0,
     }));
 
     // Assert

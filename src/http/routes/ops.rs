@@ -13,17 +13,34 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Readiness: the shared store answers, so redemptions can be served.
-pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state
-        .store
-        .ping()
-        .await
-        .inspect_err(|_| state.metrics.store_error())?;
-    Ok(
-        HttpResponse::Ok()
-            .json(json!({ "status": "ready", "replay_store": state.store.backend() })),
-    )
+/// Readiness: the shared store answers on every node that holds keys and its clock agrees with
+/// ours within the leeway, so redemptions can be served. The body says which part failed.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let health = state.store.health().await;
+    if let Some(skew) = health.clock_skew_seconds {
+        state.metrics.store_clock_skew(skew);
+    }
+    let leeway = state.leeway_seconds;
+    let mut body = json!({
+        "replay_store": health.backend,
+        "nodes": health.nodes,
+        "clock_skew_seconds": health.clock_skew_seconds,
+    });
+    if health.ready(leeway) {
+        body["status"] = json!("ready");
+        HttpResponse::Ok().json(body)
+    } else {
+        state.metrics.store_error();
+        let reasons = health.reasons(leeway);
+        log::warn!("not ready: {}", reasons.join("; "));
+        body["status"] = json!("unavailable");
+        body["error"] = json!({
+            "code": "replay_store_unavailable",
+            "message": format!("the replay store cannot serve redemptions: {}", reasons.join("; ")),
+        });
+        body["reasons"] = json!(reasons);
+        HttpResponse::ServiceUnavailable().json(body)
+    }
 }
 
 /// Per-type volumes are not for the public: with an operations listener, only it serves them.

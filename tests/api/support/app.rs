@@ -11,7 +11,7 @@ use streamtoken::http::{server::Application, state::AppState};
 use streamtoken::keys::admin::{self, NewApiKey};
 use streamtoken::keys::keyring::KeyringHandle;
 use streamtoken::settings::{
-    CompatFamilies, DemoMode, RateQuota, RedisSettings, Secret, Settings, StreamSettings,
+    CompatFamilies, DemoMode, RateQuota, RedisSettings, RedisTarget, Secret, Settings, StreamSettings,
     TokenSettings,
 };
 use streamtoken::tenancy::api_keys::Scope;
@@ -62,10 +62,12 @@ impl Default for Options {
 
 pub fn redis_settings(url: &str) -> RedisSettings {
     RedisSettings {
-        url: Secret::new(url),
+        target: RedisTarget::Standalone(Secret::new(url)),
         key_prefix: format!("test-{}", uuid::Uuid::new_v4()),
         timeout: std::time::Duration::from_millis(500),
         require_persistence: false,
+        replica_acks: 0,
+        tls_ca_file: None,
     }
 }
 
