@@ -437,6 +437,13 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
 
     /// The Redis store, if one is configured: one URL or a cluster's seed nodes, never both.
     fn redis(&self) -> Result<Option<RedisSettings>, ConfigError> {
+        // Read even without Redis, so a typo is caught before it matters.
+        let require_persistence = self.flag("STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE")?;
+        let replica_acks = self.number(
+            "STREAMTOKEN_REDIS_REPLICA_ACKS",
+            0,
+            0..=MAX_REDIS_REPLICA_ACKS,
+        )? as u32;
         let target = match (
             self.text("STREAMTOKEN_REDIS_URL"),
             self.text("STREAMTOKEN_REDIS_CLUSTER_URLS"),
@@ -446,9 +453,10 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
                 return Err(ConfigError {
                     variable: "STREAMTOKEN_REDIS_CLUSTER_URLS",
                     value: "[redacted]".into(),
-                    reason: "set STREAMTOKEN_REDIS_URL (one Redis) or STREAMTOKEN_REDIS_CLUSTER_URLS \
+                    reason:
+                        "set STREAMTOKEN_REDIS_URL (one Redis) or STREAMTOKEN_REDIS_CLUSTER_URLS \
                              (a cluster's seed nodes), not both"
-                        .into(),
+                            .into(),
                 })
             }
             (Some(url), None) => {
@@ -466,7 +474,10 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
                     })
                     .collect::<Result<_, ConfigError>>()?;
                 let target = RedisTarget::Cluster(urls);
-                let tls = target.urls().iter().filter(|u| u.expose().starts_with("rediss://"));
+                let tls = target
+                    .urls()
+                    .iter()
+                    .filter(|u| u.expose().starts_with("rediss://"));
                 if tls.count() % target.urls().len() != 0 {
                     return Err(ConfigError {
                         variable: "STREAMTOKEN_REDIS_CLUSTER_URLS",
@@ -487,13 +498,11 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
                 DEFAULT_REDIS_TIMEOUT_MS,
                 1..=60_000,
             )?),
-            require_persistence: self.flag("STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE")?,
-            replica_acks: self.number(
-                "STREAMTOKEN_REDIS_REPLICA_ACKS",
-                0,
-                0..=MAX_REDIS_REPLICA_ACKS,
-            )? as u32,
-            tls_ca_file: self.text("STREAMTOKEN_REDIS_TLS_CA_FILE").map(PathBuf::from),
+            require_persistence,
+            replica_acks,
+            tls_ca_file: self
+                .text("STREAMTOKEN_REDIS_TLS_CA_FILE")
+                .map(PathBuf::from),
         }))
     }
 
@@ -644,6 +653,50 @@ mod tests {
     }
 
     #[test]
+    fn one_redis_or_a_cluster_never_both() {
+        let both = settings(&[
+            ("STREAMTOKEN_REDIS_URL", "redis://127.0.0.1:6379/"),
+            ("STREAMTOKEN_REDIS_CLUSTER_URLS", "redis://127.0.0.1:7000"),
+        ])
+        .expect_err("both set");
+        assert!(
+            both.to_string().contains("STREAMTOKEN_REDIS_URL")
+                && both.to_string().contains("STREAMTOKEN_REDIS_CLUSTER_URLS"),
+            "{both}"
+        );
+        let cluster = settings(&[(
+            "STREAMTOKEN_REDIS_CLUSTER_URLS",
+            "redis://127.0.0.1:7000, redis://127.0.0.1:7001,",
+        )])
+        .unwrap();
+        let redis = cluster.redis.expect("a cluster store");
+        assert!(matches!(&redis.target, RedisTarget::Cluster(seeds) if seeds.len() == 2));
+        assert_eq!(redis.replica_acks, 0);
+        assert_eq!(cluster.rate_limit_scope, RateLimitScope::Fleet);
+        let mixed = settings(&[(
+            "STREAMTOKEN_REDIS_CLUSTER_URLS",
+            "redis://127.0.0.1:7000,rediss://127.0.0.1:7001",
+        )]);
+        assert!(mixed.is_err());
+    }
+
+    #[test]
+    fn the_quota_is_per_process_without_redis_and_may_be_chosen_with_it() {
+        assert_eq!(
+            settings(&[]).unwrap().rate_limit_scope,
+            RateLimitScope::Process
+        );
+        let chosen = settings(&[
+            ("STREAMTOKEN_REDIS_URL", "redis://127.0.0.1:6379/"),
+            ("STREAMTOKEN_RATE_LIMIT_SCOPE", "process"),
+            ("STREAMTOKEN_REDIS_REPLICA_ACKS", "2"),
+        ])
+        .unwrap();
+        assert_eq!(chosen.rate_limit_scope, RateLimitScope::Process);
+        assert_eq!(chosen.redis.unwrap().replica_acks, 2);
+    }
+
+    #[test]
     fn each_invalid_value_names_its_variable() {
         for (var, value) in [
             ("STREAMTOKEN_BIND", "not-an-address"),
@@ -664,6 +717,13 @@ mod tests {
             ("STREAMTOKEN_STREAM_MAX_SESSIONS_PER_ORG", "x"),
             ("STREAMTOKEN_DEMO", "auto"),
             ("STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE", "maybe"),
+            (
+                "STREAMTOKEN_REDIS_CLUSTER_URLS",
+                "redis://127.0.0.1:7000,http://x",
+            ),
+            ("STREAMTOKEN_REDIS_REPLICA_ACKS", "17"),
+            ("STREAMTOKEN_RATE_LIMIT_SCOPE", "global"),
+            ("STREAMTOKEN_RATE_LIMIT_SCOPE", "fleet"),
         ] {
             let err = settings(&[(var, value)]).expect_err(var);
             assert_eq!(err.variable, var, "{value}");

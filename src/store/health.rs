@@ -110,12 +110,10 @@ pub async fn check_redis(
     };
     let mut health = Health::healthy(backend);
     for (name, host, port) in masters {
-        let check = tokio::time::timeout(
-            timeout,
-            check_node(conn, &host, port, require_persistence),
-        )
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())));
+        let check =
+            tokio::time::timeout(timeout, check_node(conn, &host, port, require_persistence))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())));
         health.nodes.push(match check {
             Ok((skew, problem)) => {
                 if let Some(problem) = problem {
@@ -169,7 +167,8 @@ async fn check_node(
     let asked = unix_seconds();
     let time: (String, String) = query_node(conn, host, port, redis::cmd("TIME")).await?;
     let answered = unix_seconds();
-    let node_time = time.0.parse::<f64>().unwrap_or(0.0) + time.1.parse::<f64>().unwrap_or(0.0) / 1e6;
+    let node_time =
+        time.0.parse::<f64>().unwrap_or(0.0) + time.1.parse::<f64>().unwrap_or(0.0) / 1e6;
     let skew = node_time - (asked + answered) / 2.0;
     let mut problem = None;
     if conn.is_cluster() {

@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use crate::periodic;
 
-use super::{Consumed, Health, ReplayStore, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf};
+use super::{
+    Consumed, Health, ReplayStore, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf,
+};
 
 /// How often expired entries are dropped. Memory is bounded by tokens alive in the last interval.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);

@@ -33,7 +33,10 @@ impl RedisConnection {
         let certificates = || -> anyhow::Result<TlsCertificates> {
             let root_cert = match &settings.tls_ca_file {
                 Some(path) => Some(std::fs::read(path).map_err(|e| {
-                    anyhow::anyhow!("reading STREAMTOKEN_REDIS_TLS_CA_FILE {}: {e}", path.display())
+                    anyhow::anyhow!(
+                        "reading STREAMTOKEN_REDIS_TLS_CA_FILE {}: {e}",
+                        path.display()
+                    )
                 })?),
                 None => None,
             };
@@ -115,9 +118,9 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConnection::Standalone(conn) => conn.req_packed_command(cmd),
-            RedisConnection::Cluster(cluster) => Box::pin(async move {
-                cluster.get().await?.req_packed_command(cmd).await
-            }),
+            RedisConnection::Cluster(cluster) => {
+                Box::pin(async move { cluster.get().await?.req_packed_command(cmd).await })
+            }
         }
     }
 

@@ -181,7 +181,12 @@ impl RedisStore {
     }
 
     /// Takes back the use `marker` recorded, and its count or credit.
-    async fn release(&self, entry: &str, redeemed: &str, marker: &str) -> Result<(), StoreUnavailable> {
+    async fn release(
+        &self,
+        entry: &str,
+        redeemed: &str,
+        marker: &str,
+    ) -> Result<(), StoreUnavailable> {
         let mut release = self.scripts.release.call(false, &[entry, redeemed]);
         release.arg(marker);
         self.query::<i64>(release).await.map(drop)
@@ -197,8 +202,8 @@ impl RedisStore {
         let mut release = self.scripts.release.call(false, &[entry, redeemed]);
         release.arg(marker);
         self.io.handle().spawn(async move {
-            let _ = tokio::time::timeout(RELEASE_DEADLINE, release.query_async::<i64>(&mut conn))
-                .await;
+            let _ =
+                tokio::time::timeout(RELEASE_DEADLINE, release.query_async::<i64>(&mut conn)).await;
         });
     }
 
@@ -243,7 +248,10 @@ impl RedisStore {
         for by_hash in [true, false] {
             let pipe = build(by_hash);
             let mut conn = self.conn.clone();
-            match self.run(async move { pipe.query_async::<Vec<Value>>(&mut conn).await }).await? {
+            match self
+                .run(async move { pipe.query_async::<Vec<Value>>(&mut conn).await })
+                .await?
+            {
                 Ok(replies) => return Ok(replies),
                 Err(e) if by_hash && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {}
                 Err(e) => return Err(StoreUnavailable(e.to_string())),
@@ -276,7 +284,9 @@ async fn flush_minted(
 ) {
     let orgs: Vec<String> = minted.iter().map(|entry| entry.key().clone()).collect();
     for org in orgs {
-        let Some((org, count)) = minted.remove(&org) else { continue };
+        let Some((org, count)) = minted.remove(&org) else {
+            continue;
+        };
         if count == 0 {
             continue;
         }
@@ -329,8 +339,12 @@ impl Lua {
         } else {
             redis::cmd("EVAL")
         };
-        cmd.arg(if by_hash { self.hash.as_str() } else { self.text })
-            .arg(keys.len());
+        cmd.arg(if by_hash {
+            self.hash.as_str()
+        } else {
+            self.text
+        })
+        .arg(keys.len());
         for key in keys {
             cmd.arg(*key);
         }
@@ -352,7 +366,9 @@ impl ReplayStore for RedisStore {
             // pipeline again below, for a Redis restarted in between.
             self.require_every_write(&entry).await?;
         }
-        let credit_limit = use_of.credit_limit.map_or(-1, |limit| limit.min(i64::MAX as u64) as i64);
+        let credit_limit = use_of
+            .credit_limit
+            .map_or(-1, |limit| limit.min(i64::MAX as u64) as i64);
         // One round trip to the node holding the entry: [the persistence check,] the use,
         // [`WAIT` for replicas]. The check and the acknowledgement concern the very node that
         // recorded the use: a Redis restarted without persistence cannot slip in between.
@@ -370,7 +386,9 @@ impl ReplayStore for RedisStore {
                 .arg(use_of.outlive_seconds);
             pipe.add_command(consume);
             if self.replica_acks > 0 {
-                pipe.cmd("WAIT").arg(self.replica_acks).arg(self.wait_millis());
+                pipe.cmd("WAIT")
+                    .arg(self.replica_acks)
+                    .arg(self.wait_millis());
             }
             pipe
         };
@@ -383,15 +401,20 @@ impl ReplayStore for RedisStore {
         };
         let mut replies = replies.iter();
         let persistence = match self.require_persistence {
-            true => Some(replies.next().map_or_else(
-                || Persistence::Unknown("no reply".into()),
-                persistence_from,
-            )),
+            true => Some(
+                replies
+                    .next()
+                    .map_or_else(|| Persistence::Unknown("no reply".into()), persistence_from),
+            ),
             false => None,
         };
         let outcome = match replies.next() {
             Some(reply) => consumed(reply)?,
-            None => return Err(StoreUnavailable("unexpected pipeline reply from Redis".into())),
+            None => {
+                return Err(StoreUnavailable(
+                    "unexpected pipeline reply from Redis".into(),
+                ))
+            }
         };
         if !matches!(outcome, Consumed::Accepted { .. }) {
             return Ok(outcome);
@@ -420,7 +443,12 @@ impl ReplayStore for RedisStore {
         Ok(outcome)
     }
 
-    async fn uses_recorded(&self, org: &str, jti: Uuid, allowed_uses: u32) -> Result<u32, StoreUnavailable> {
+    async fn uses_recorded(
+        &self,
+        org: &str,
+        jti: Uuid,
+        allowed_uses: u32,
+    ) -> Result<u32, StoreUnavailable> {
         let mut hlen = redis::cmd("HLEN");
         hlen.arg(self.keys.use_entry(org, jti));
         let used: u64 = self.query(hlen).await?;
@@ -454,8 +482,12 @@ impl UsageStore for RedisStore {
     }
 
     async fn flush(&self) {
-        let (conn, minted, keys, timeout) =
-            (self.conn.clone(), self.minted.clone(), self.keys.clone(), self.timeout);
+        let (conn, minted, keys, timeout) = (
+            self.conn.clone(),
+            self.minted.clone(),
+            self.keys.clone(),
+            self.timeout,
+        );
         let flushed = self
             .run(async move { flush_minted(&conn, &minted, &keys, timeout).await })
             .await;
@@ -468,7 +500,12 @@ impl UsageStore for RedisStore {
 
 #[async_trait]
 impl FleetQuota for RedisStore {
-    async fn take(&self, org: &str, bucket: &str, quota: RateQuota) -> Result<QuotaTaken, StoreUnavailable> {
+    async fn take(
+        &self,
+        org: &str,
+        bucket: &str,
+        quota: RateQuota,
+    ) -> Result<QuotaTaken, StoreUnavailable> {
         let key = self.keys.quota(org, bucket);
         let interval_micros = (60_000_000 / u64::from(quota.per_minute.max(1))).max(1);
         let build = |by_hash: bool| {
@@ -499,7 +536,9 @@ impl SharedStore for RedisStore {
         let timeout = self.timeout;
         let require_persistence = self.require_persistence;
         let checked = self
-            .run(async move { super::health::check_redis(&mut conn, timeout, require_persistence).await })
+            .run(async move {
+                super::health::check_redis(&mut conn, timeout, require_persistence).await
+            })
             .await;
         match checked {
             Ok(health) => health,
@@ -604,6 +643,8 @@ fn consumed(reply: &Value) -> Result<Consumed, StoreUnavailable> {
         Value::Int(left) => u32::try_from(*left)
             .map(|uses_remaining| Consumed::Accepted { uses_remaining })
             .map_err(|_| StoreUnavailable(format!("unexpected consume reply {left}"))),
-        other => Err(StoreUnavailable(format!("unexpected consume reply {other:?}"))),
+        other => Err(StoreUnavailable(format!(
+            "unexpected consume reply {other:?}"
+        ))),
     }
 }

@@ -87,7 +87,11 @@ impl RateLimiter {
     }
 
     /// Buckets shared by the fleet in `quota`, with this process's as the fallback.
-    pub fn fleet_wide(default: RateQuota, quota: Arc<dyn FleetQuota>, metrics: Arc<Metrics>) -> Self {
+    pub fn fleet_wide(
+        default: RateQuota,
+        quota: Arc<dyn FleetQuota>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         RateLimiter {
             fleet: Some(Fleet {
                 quota,
@@ -108,7 +112,11 @@ impl RateLimiter {
             None => (BucketId::Org(key.org.clone()), self.default),
         };
         if let Some(fleet) = &self.fleet {
-            match fleet.quota.take(key.org.as_str(), &id.fleet_name(), quota).await {
+            match fleet
+                .quota
+                .take(key.org.as_str(), &id.fleet_name(), quota)
+                .await
+            {
                 Ok(taken) => {
                     if fleet.degraded.swap(false, Ordering::Relaxed) {
                         log::info!("fleet-wide rate limit restored: the store answers again");
@@ -264,7 +272,10 @@ mod tests {
     fn a_reload_that_changes_a_keys_rate_takes_effect_at_once() {
         let limiter = RateLimiter::new(RateQuota::per_minute(1));
         let mut edited = key("a", Some(1));
-        assert!(matches!(limiter.check_now(&edited), RateDecision::Allowed(_)));
+        assert!(matches!(
+            limiter.check_now(&edited),
+            RateDecision::Allowed(_)
+        ));
         assert!(matches!(
             limiter.check_now(&edited),
             RateDecision::Limited { .. }

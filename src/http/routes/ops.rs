@@ -21,11 +21,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         state.metrics.store_clock_skew(skew);
     }
     let leeway = state.leeway_seconds;
-    let mut body = json!({
-        "replay_store": health.backend,
-        "nodes": health.nodes,
-        "clock_skew_seconds": health.clock_skew_seconds,
-    });
+    let mut body = json!({ "replay_store": health.backend });
+    if !health.nodes.is_empty() {
+        body["nodes"] = json!(health.nodes);
+    }
+    if let Some(skew) = health.clock_skew_seconds {
+        body["clock_skew_seconds"] = json!(skew);
+    }
     if health.ready(leeway) {
         body["status"] = json!("ready");
         HttpResponse::Ok().json(body)

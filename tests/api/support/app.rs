@@ -11,8 +11,8 @@ use streamtoken::http::{server::Application, state::AppState};
 use streamtoken::keys::admin::{self, NewApiKey};
 use streamtoken::keys::keyring::KeyringHandle;
 use streamtoken::settings::{
-    CompatFamilies, DemoMode, RateQuota, RedisSettings, RedisTarget, Secret, Settings, StreamSettings,
-    TokenSettings,
+    CompatFamilies, DemoMode, RateQuota, RedisSettings, RedisTarget, Secret, Settings,
+    StreamSettings, TokenSettings,
 };
 use streamtoken::tenancy::api_keys::Scope;
 use streamtoken::tenancy::org::Org;
