@@ -22,7 +22,7 @@ pub enum RedisConnection {
 /// open, the client follows MOVED/ASK redirections and reconnects to nodes by itself.
 #[derive(Clone)]
 pub struct LazyCluster {
-    client: ClusterClient,
+    client: Arc<ClusterClient>,
     open: Arc<tokio::sync::OnceCell<ClusterConnection>>,
 }
 
@@ -79,7 +79,7 @@ impl RedisConnection {
                     builder = builder.certs(certificates()?);
                 }
                 RedisConnection::Cluster(LazyCluster {
-                    client: builder.build()?,
+                    client: Arc::new(builder.build()?),
                     open: Arc::new(tokio::sync::OnceCell::new()),
                 })
             }
