@@ -19,6 +19,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use streamtoken::keys::admin::NewApiKey;
+use streamtoken::tenancy::api_keys::Scope;
+use streamtoken::tenancy::org::Org;
 use streamtoken::token::mint::MintRequest;
 use tempfile::TempDir;
 use tokio::sync::Barrier;
@@ -203,8 +206,10 @@ async fn readiness(app: &TestApp) -> String {
     outcome(Ok(app.get("/readyz").await)).await
 }
 
+/// The use entry of one of the dev org's tokens.
 fn redis_key(app: &TestApp, jti: &str) -> String {
-    format!("{}:{jti}", app.settings.redis.as_ref().unwrap().key_prefix)
+    let prefix = &app.settings.redis.as_ref().unwrap().key_prefix;
+    format!("{prefix}:{{dev}}:use:{jti}")
 }
 
 /// `n` tokens minted offline by the CLI with the keys in `dir`.
@@ -936,6 +941,72 @@ async fn a_redemption_refused_with_503_while_redis_was_paused_can_be_retried_as_
         "the token was answered 1011 (\"nothing was consumed; retry\") yet the retry is refused; \
          the timed-out SET NX ran when Redis resumed (EXISTS {jti} = {consumed})"
     );
+}
+
+/// Guards a fixed bug: a credit-charged redemption that timed out was charged when Redis resumed,
+/// and its retry charged again. The charge and the use are one script now, and the release
+/// queued behind a timed-out attempt takes back both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_credit_charged_redemption_refused_with_503_costs_no_credit_and_its_retry_costs_one() {
+    // Arrange: org acme with 5 credits, one spent on a warm-up redemption.
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let app = app_on(&redis, STORE_TIMEOUT, false).await;
+    let key = app.add_api_key_with(NewApiKey {
+        credits: Some(5),
+        ..NewApiKey::new(
+            Org::parse("acme").unwrap(),
+            vec![Scope::Mint, Scope::Redeem],
+        )
+    });
+    let mint = || async {
+        let minted: Value = app
+            .post_json("/v1/tokens", Some(&key), &json!({}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        json!({ "token": minted["token"] })
+    };
+    let (warm, token) = (mint().await, mint().await);
+    let redeem = |body: &Value| {
+        let body = body.clone();
+        let app = &app;
+        let key = key.clone();
+        async move {
+            app.post_json("/v1/tokens/redeem", Some(&key), &body)
+                .await
+                .status()
+        }
+    };
+    assert_eq!(redeem(&warm).await, StatusCode::OK, "warm-up");
+
+    // Act: the first attempt times out behind a pause of writes; the retry comes after it.
+    assert_ok(
+        redis.command(&["CLIENT", "PAUSE", LONG_PAUSE_MS, "WRITE"]),
+        "pause",
+    );
+    let first = redeem(&token).await;
+    assert_ok(redis.command(&["CLIENT", "UNPAUSE"]), "unpause");
+    time_until_a_fresh_token_redeems(&app, RECOVERY_DEADLINE).await;
+    let retry = redeem(&token).await;
+    let usage: Value = app
+        .client
+        .get(app.url("/v1/usage"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    // Assert: two redemptions accepted (warm-up, retry), two credits spent.
+    assert_eq!(first, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(retry, StatusCode::OK, "the 503 invited a retry");
+    assert_eq!(usage["redeemed"], 2, "{usage}");
+    assert_eq!(usage["credits_remaining"], 3, "{usage}");
 }
 
 /// Opens `/v1/stream` with `token` and returns the error frame's code and the close code.
