@@ -21,6 +21,9 @@ pub struct Settings {
     pub keys_dir: PathBuf,
     /// Refuse signing key files others may read, instead of warning.
     pub strict_key_files: bool,
+    /// How often the keys folder is checked for changes, which reload the keyring as SIGHUP
+    /// does; `None` (`STREAMTOKEN_KEYS_POLL_MS=0`) leaves reloads to SIGHUP.
+    pub keys_poll: Option<Duration>,
     pub redis: Option<RedisSettings>,
     pub token: TokenSettings,
     /// actix worker threads; defaults to the number of cores.
@@ -205,6 +208,8 @@ pub const DEFAULT_ISSUER: &str = "streamtoken";
 pub const DEFAULT_AUDIENCE: &str = "streamtoken-gateway";
 pub const DEFAULT_LEEWAY_SECONDS: u64 = 5;
 pub const MAX_LEEWAY_SECONDS: u64 = 300;
+pub const DEFAULT_KEYS_POLL_MS: u64 = 1_000;
+pub const MAX_KEYS_POLL_MS: u64 = 3_600_000;
 pub const DEFAULT_REDIS_PREFIX: &str = "streamtoken";
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 500;
 pub const DEFAULT_RATE_PER_MINUTE: u64 = 600;
@@ -258,6 +263,14 @@ impl Settings {
                 .unwrap_or_else(|| "keys".into())
                 .into(),
             strict_key_files: env.flag("STREAMTOKEN_STRICT_KEY_FILES")?,
+            keys_poll: match env.number(
+                "STREAMTOKEN_KEYS_POLL_MS",
+                DEFAULT_KEYS_POLL_MS,
+                0..=MAX_KEYS_POLL_MS,
+            )? {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             redis,
             token: TokenSettings {
                 issuer: env.name("STREAMTOKEN_ISSUER", DEFAULT_ISSUER)?,
@@ -475,6 +488,7 @@ mod tests {
         let s = settings(&[]).unwrap();
         assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(s.keys_dir, PathBuf::from("keys"));
+        assert_eq!(s.keys_poll, Some(Duration::from_secs(1)));
         assert!(s.redis.is_none());
         assert_eq!(s.token.issuer, "streamtoken");
         assert_eq!(s.token.audience, "streamtoken-gateway");
@@ -519,6 +533,17 @@ mod tests {
     }
 
     #[test]
+    fn a_keys_poll_of_zero_switches_the_folder_watch_off() {
+        let poll = |ms: &str| {
+            settings(&[("STREAMTOKEN_KEYS_POLL_MS", ms)])
+                .unwrap()
+                .keys_poll
+        };
+        assert_eq!(poll("0"), None);
+        assert_eq!(poll("250"), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
     fn the_burst_defaults_to_the_per_minute_rate() {
         let s = settings(&[("STREAMTOKEN_RATE_PER_MINUTE", "5")]).unwrap();
         assert_eq!(
@@ -551,6 +576,8 @@ mod tests {
             ("STREAMTOKEN_STREAM_MAX_SESSIONS_PER_ORG", "x"),
             ("STREAMTOKEN_DEMO", "auto"),
             ("STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE", "maybe"),
+            ("STREAMTOKEN_KEYS_POLL_MS", "-1"),
+            ("STREAMTOKEN_KEYS_POLL_MS", "3600001"),
         ] {
             let err = settings(&[(var, value)]).expect_err(var);
             assert_eq!(err.variable, var, "{value}");
