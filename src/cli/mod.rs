@@ -197,9 +197,7 @@ async fn reload_on_sighup(keyring: Arc<KeyringHandle>) {
         return;
     };
     while hangups.recv().await.is_some() {
-        if let Err(e) = keyring.reload() {
-            log::error!("keyring reload failed, keeping the previous keys: {e:#}");
-        }
+        keyring.reload_or_keep();
     }
 }
 
