@@ -17,7 +17,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | `token` | the token format: claims, request values, minting, verification |
-//! | `keys` | the keys directory: signing keys and API-key records, reload, the CLI writer |
+//! | `keys` | the keys directory: signing keys and API-key records, reload, the folder watch, the CLI writer |
 //! | `tenancy` | API keys and scopes, orgs, per-org rate limits, the credit policy |
 //! | `store` | shared state (consumed uses, credits, usage) with memory and Redis backends |
 //! | `admission` | finding a presented token, verifying it, consuming one use, reporting |

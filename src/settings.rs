@@ -21,6 +21,9 @@ pub struct Settings {
     pub keys_dir: PathBuf,
     /// Refuse signing key files others may read, instead of warning.
     pub strict_key_files: bool,
+    /// How often the keys folder is checked for changes, which reload the keyring as SIGHUP
+    /// does; `None` (`STREAMTOKEN_KEYS_POLL_MS=0`) leaves reloads to SIGHUP.
+    pub keys_poll: Option<Duration>,
     pub redis: Option<RedisSettings>,
     pub token: TokenSettings,
     /// actix worker threads; defaults to the number of cores.
@@ -245,6 +248,8 @@ pub const DEFAULT_ISSUER: &str = "streamtoken";
 pub const DEFAULT_AUDIENCE: &str = "streamtoken-gateway";
 pub const DEFAULT_LEEWAY_SECONDS: u64 = 5;
 pub const MAX_LEEWAY_SECONDS: u64 = 300;
+pub const DEFAULT_KEYS_POLL_MS: u64 = 1_000;
+pub const MAX_KEYS_POLL_MS: u64 = 3_600_000;
 pub const DEFAULT_REDIS_PREFIX: &str = "streamtoken";
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 500;
 pub const MAX_REDIS_REPLICA_ACKS: u64 = 16;
@@ -277,6 +282,14 @@ impl Settings {
                 .unwrap_or_else(|| "keys".into())
                 .into(),
             strict_key_files: env.flag("STREAMTOKEN_STRICT_KEY_FILES")?,
+            keys_poll: match env.number(
+                "STREAMTOKEN_KEYS_POLL_MS",
+                DEFAULT_KEYS_POLL_MS,
+                0..=MAX_KEYS_POLL_MS,
+            )? {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             token: TokenSettings {
                 issuer: env.name("STREAMTOKEN_ISSUER", DEFAULT_ISSUER)?,
                 audience: env.name("STREAMTOKEN_AUDIENCE", DEFAULT_AUDIENCE)?,
@@ -597,6 +610,7 @@ mod tests {
         let s = settings(&[]).unwrap();
         assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(s.keys_dir, PathBuf::from("keys"));
+        assert_eq!(s.keys_poll, Some(Duration::from_secs(1)));
         assert!(s.redis.is_none());
         assert_eq!(s.token.issuer, "streamtoken");
         assert_eq!(s.token.audience, "streamtoken-gateway");
@@ -638,6 +652,17 @@ mod tests {
             assert_eq!(err.variable, "STREAMTOKEN_DEMO");
             assert!(err.to_string().contains("loopback"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_keys_poll_of_zero_switches_the_folder_watch_off() {
+        let poll = |ms: &str| {
+            settings(&[("STREAMTOKEN_KEYS_POLL_MS", ms)])
+                .unwrap()
+                .keys_poll
+        };
+        assert_eq!(poll("0"), None);
+        assert_eq!(poll("250"), Some(Duration::from_millis(250)));
     }
 
     #[test]
@@ -724,6 +749,8 @@ mod tests {
             ("STREAMTOKEN_REDIS_REPLICA_ACKS", "17"),
             ("STREAMTOKEN_RATE_LIMIT_SCOPE", "global"),
             ("STREAMTOKEN_RATE_LIMIT_SCOPE", "fleet"),
+            ("STREAMTOKEN_KEYS_POLL_MS", "-1"),
+            ("STREAMTOKEN_KEYS_POLL_MS", "3600001"),
         ] {
             let err = settings(&[(var, value)]).expect_err(var);
             assert_eq!(err.variable, var, "{value}");

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::http::server::{stop_gracefully, Application};
 use crate::keys::admin::{self, NewApiKey};
 use crate::keys::keyring::{self, KeyringHandle};
+use crate::keys::watch::{self, Fingerprint};
 use crate::settings::Settings;
 use crate::tenancy::api_keys::Scope;
 use crate::tenancy::org::Org;
@@ -150,11 +151,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
+        // Taken before the keyring loads, so a change made while the server starts is seen.
+        let follow_keys = settings
+            .keys_poll
+            .map(|every| (every, Fingerprint::of(&settings.keys_dir)));
         let app = Application::build(settings).await?;
         let state = app.state();
         let counted = state.clone();
         let server = app.server_handle();
         tokio::spawn(reload_on_sighup(state.keyring.clone()));
+        if let Some((every, seen)) = follow_keys {
+            watch::follow_folder(&state.keyring, every, seen);
+        }
         tokio::spawn(async move {
             wait_for_termination().await;
             log::info!("shutting down: closing stream sessions, draining requests");
@@ -200,11 +208,13 @@ async fn reload_on_sighup(keyring: Arc<KeyringHandle>) {
         return;
     };
     while hangups.recv().await.is_some() {
-        if let Err(e) = keyring.reload() {
-            log::error!("keyring reload failed, keeping the previous keys: {e:#}");
-        }
+        keyring.reload_or_keep();
     }
 }
+
+/// How a running server learns of a change the `keys` commands made.
+const RUNNING_SERVERS: &str =
+    "running servers reload the folder within STREAMTOKEN_KEYS_POLL_MS (or on SIGHUP)";
 
 fn keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<()> {
     let dir = &settings.keys_dir;
@@ -257,15 +267,15 @@ fn keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Activate { kid } => {
             admin::activate_signing_key(dir, &kid)?;
-            println!("{kid} is now the active signing key; send SIGHUP to running servers");
+            println!("{kid} is now the active signing key; {RUNNING_SERVERS}");
         }
         KeysCommand::RemoveApiKey { id } => {
             admin::remove_api_key(dir, &id)?;
-            println!("removed API key {id}; send SIGHUP to running servers");
+            println!("removed API key {id}; {RUNNING_SERVERS}");
         }
         KeysCommand::RemoveSigningKey { kid } => {
             admin::remove_signing_key(dir, &kid)?;
-            println!("removed signing key {kid}; send SIGHUP to running servers");
+            println!("removed signing key {kid}; {RUNNING_SERVERS}");
         }
         KeysCommand::List => list(settings)?,
     }

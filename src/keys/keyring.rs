@@ -121,7 +121,8 @@ impl Keyring {
         Self::load_with(dir, KeyFileModes::Warn)
     }
 
-    /// Like `load`, with the rule for signing key files others may read.
+    /// Like `load`, with the rule for signing key files others may read. What it reads is what
+    /// `reads` names: the folder watch looks at nothing else.
     pub fn load_with(dir: &Path, modes: KeyFileModes) -> anyhow::Result<Self> {
         let signing_dir = dir.join(SIGNING_DIR);
         let keys = read_signing_keys(&signing_dir, modes)?;
@@ -186,6 +187,24 @@ fn check_mode(path: &Path, modes: KeyFileModes) -> anyhow::Result<()> {
     }
 }
 
+fn is_key_file(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some(KEY_EXTENSION)
+}
+
+/// Whether loading reads `relative`, a path inside the keys folder. The folder watch
+/// fingerprints exactly these, so temporary files and Kubernetes' `..data` folders beside them
+/// trigger no reload.
+pub fn reads(relative: &Path) -> bool {
+    let mut parts = relative.components().map(|c| c.as_os_str());
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(top), None, None) => top == SIGNING_DIR || top == API_KEYS_FILE,
+        (Some(top), Some(name), None) => {
+            top == SIGNING_DIR && (name == ACTIVE_FILE || is_key_file(Path::new(name)))
+        }
+        _ => false,
+    }
+}
+
 fn read_signing_keys(signing_dir: &Path, modes: KeyFileModes) -> anyhow::Result<Vec<SigningKey>> {
     let entries = match std::fs::read_dir(signing_dir) {
         Ok(entries) => entries,
@@ -195,7 +214,7 @@ fn read_signing_keys(signing_dir: &Path, modes: KeyFileModes) -> anyhow::Result<
     let mut keys = Vec::new();
     for entry in entries {
         let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some(KEY_EXTENSION) {
+        if !is_key_file(&path) {
             continue;
         }
         let kid = path
@@ -251,6 +270,11 @@ impl KeyringHandle {
         self.current.load()
     }
 
+    /// The keys directory this keyring is read from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Re-reads the directory. On error the running keyring stays in place.
     pub fn reload(&self) -> anyhow::Result<()> {
         let fresh = Arc::new(Keyring::load_with(&self.dir, self.modes)?);
@@ -263,6 +287,14 @@ impl KeyringHandle {
             fresh.api_keys().len()
         );
         Ok(())
+    }
+
+    /// `reload` for SIGHUP and the folder watch: a failure is logged, not returned, and the
+    /// running keyring stays in place.
+    pub fn reload_or_keep(&self) {
+        if let Err(e) = self.reload() {
+            log::error!("keyring reload failed, keeping the previous keys: {e:#}");
+        }
     }
 }
 
@@ -308,6 +340,31 @@ mod tests {
             err.contains(&file.display().to_string()) && err.contains("644"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn reads_names_what_loading_reads_and_nothing_beside_it() {
+        for read in [
+            "signing",
+            "api_keys.json",
+            "signing/active",
+            "signing/k1.key",
+        ] {
+            assert!(reads(Path::new(read)), "{read}");
+        }
+        for other in [
+            "",
+            "README.md",
+            "..data",
+            "..2026_11_30_01/api_keys.json",
+            "api_keys.tmp-0a1b2c3d",
+            "signing/active.tmp-0a1b2c3d",
+            "signing/k1.tmp-0a1b2c3d",
+            "signing/k1.key/x",
+            "other/k1.key",
+        ] {
+            assert!(!reads(Path::new(other)), "{other}");
+        }
     }
 
     #[test]

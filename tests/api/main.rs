@@ -5,6 +5,7 @@ mod cli;
 mod compat;
 mod defaults;
 mod faults;
+mod keys_watch;
 mod limits;
 mod metrics;
 mod properties;

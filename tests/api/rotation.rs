@@ -1,6 +1,7 @@
 //! Signing-key rotation with the real binary: `keys new-signing-key --activate`, SIGHUP, retiring
 //! the old key, and a broken keys directory that must not replace the running keyring. Traffic
-//! keeps flowing during every reload.
+//! keeps flowing during every reload. The folder watch is off here, so every reload is SIGHUP's
+//! (`keys_watch` covers reloads without a signal).
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ use crate::support::keys::{active_kid, init_keys};
 use crate::support::process::{cli, ServerProcess};
 
 const RELOAD_DEADLINE: Duration = Duration::from_secs(5);
+const SIGHUP_ONLY: (&str, &str) = ("STREAMTOKEN_KEYS_POLL_MS", "0");
 
 /// HTTP access to one server process with the dev API key.
 #[derive(Clone)]
@@ -157,7 +159,7 @@ impl Traffic {
 async fn a_new_key_activated_with_sighup_signs_new_tokens_while_old_ones_redeem_until_the_old_key_is_removed(
 ) {
     let (dir, api_key) = init_keys();
-    let server = ServerProcess::spawn(dir.path(), &[]);
+    let server = ServerProcess::spawn(dir.path(), &[SIGHUP_ONLY]);
     let remote = Remote::new(&server, &api_key);
     let mut traffic = Traffic::start(&remote, 4);
 
@@ -223,7 +225,7 @@ async fn a_new_key_activated_with_sighup_signs_new_tokens_while_old_ones_redeem_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reload_of_a_broken_keys_directory_keeps_the_previous_keys_and_the_process_alive() {
     let (dir, api_key) = init_keys();
-    let server = ServerProcess::spawn(dir.path(), &[]);
+    let server = ServerProcess::spawn(dir.path(), &[SIGHUP_ONLY]);
     let remote = Remote::new(&server, &api_key);
     let kid = active_kid(dir.path());
     let before = remote.mint_token().await;
