@@ -10,6 +10,7 @@ mod limits;
 mod metrics;
 mod properties;
 mod redis;
+mod replication;
 mod rotation;
 mod sessions;
 mod shutdown;

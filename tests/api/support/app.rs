@@ -168,12 +168,19 @@ impl TestApp {
             .await
     }
 
-    /// Mints and returns the token, asserting success.
-    pub async fn mint_token(&self, body: Value) -> String {
+    /// Mints and returns the whole answer (token, jti, …), asserting success.
+    pub async fn mint_json(&self, body: Value) -> Value {
         let response = self.mint(body).await;
         assert_eq!(response.status(), StatusCode::OK);
-        let json: Value = response.json().await.unwrap();
-        json["token"].as_str().unwrap().to_owned()
+        response.json().await.unwrap()
+    }
+
+    /// Mints and returns the token, asserting success.
+    pub async fn mint_token(&self, body: Value) -> String {
+        self.mint_json(body).await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     pub async fn redeem(&self, token: &str) -> Response {
