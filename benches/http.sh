@@ -24,10 +24,11 @@ echo "building release…"
 cargo build --release --quiet --bin streamtoken --example memory_footprint
 bin=target/release/streamtoken
 work="$(mktemp -d)"
-server_pid=""; redis_pid=""
+server_pid=""; redis_pid=""; cluster_pids=()
 cleanup() {
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
     [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null
+    for pid in "${cluster_pids[@]}"; do kill "$pid" 2>/dev/null; done
     wait 2>/dev/null || true
     rm -rf "$work"
 }
@@ -53,6 +54,7 @@ peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$server_pid/statu
 
 rows=()
 ceiling=""
+declare -A rps_of
 # run NAME URL [wrk args…]: one bounded wrk run; records req/s, p50, p99, ratio, peak RSS.
 run() {
     local name="$1" url="$2"; shift 2
@@ -64,6 +66,7 @@ run() {
     non2xx="$(awk '/Non-2xx/ {print $NF}' "$work/wrk.txt")"
     [ -n "$ceiling" ] || ceiling="$rps"
     local ratio; ratio="$(python3 -c "print(f'{100*$rps/$ceiling:.0f}%')")"
+    rps_of["$name"]="$rps"
     rows+=("| $name | $(printf '%.0f' "$rps") | $p50 | $p99 | $ratio | $(peak_rss_mib) MiB | ${non2xx:-0} |")
     echo "  $name: $(printf '%.0f' "$rps") req/s, p50 $p50, p99 $p99, non-2xx ${non2xx:-0}"
 }
@@ -99,6 +102,33 @@ export STREAMTOKEN_BENCH_TOKENS="$work/tokens-redis.txt"
 start_server STREAMTOKEN_REDIS_URL="redis://127.0.0.1:$redis_port/"
 run "POST /v1/tokens/redeem (Redis store)" "$base/v1/tokens/redeem" -s benches/wrk/redeem.lua
 stop_server
+start_server STREAMTOKEN_REDIS_URL="redis://127.0.0.1:$redis_port/" STREAMTOKEN_RATE_LIMIT_SCOPE=process
+run "POST /v1/tokens (mint, Redis store, process quota)" "$base/v1/tokens" -s benches/wrk/mint.lua
+stop_server
+start_server STREAMTOKEN_REDIS_URL="redis://127.0.0.1:$redis_port/"
+run "POST /v1/tokens (mint, Redis store, fleet quota)" "$base/v1/tokens" -s benches/wrk/mint.lua
+stop_server
+
+echo "starting a 3-master Redis Cluster…"
+seeds=()
+for _ in 1 2 3; do
+    port="$(free_port)"; mkdir -p "$work/cluster-$port"
+    (cd "$work/cluster-$port" && exec redis-server --port "$port" --bind 127.0.0.1 --save "" \
+        --appendonly no --cluster-enabled yes --cluster-config-file nodes.conf \
+        --cluster-node-timeout 1000 > redis.log 2>&1) &
+    cluster_pids+=($!); seeds+=("127.0.0.1:$port")
+done
+for seed in "${seeds[@]}"; do
+    for _ in $(seq 1 100); do redis-cli -p "${seed#*:}" ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
+done
+redis-cli --cluster create "${seeds[@]}" --cluster-replicas 0 --cluster-yes > "$work/cluster.log"
+for _ in $(seq 1 200); do redis-cli -p "${seeds[0]#*:}" cluster info | grep -q "cluster_state:ok" && break; sleep 0.05; done
+"$bin" mint --org dev --ttl 3600 --count "$tokens_per_run" > "$work/tokens-cluster.txt"
+export STREAMTOKEN_BENCH_TOKENS="$work/tokens-cluster.txt"
+cluster_urls="$(printf 'redis://%s,' "${seeds[@]}")"
+start_server STREAMTOKEN_REDIS_CLUSTER_URLS="${cluster_urls%,}"
+run "POST /v1/tokens/redeem (Redis Cluster, 3 masters)" "$base/v1/tokens/redeem" -s benches/wrk/redeem.lua
+stop_server
 
 echo "== memory store footprint"
 footprint="$(target/release/examples/memory_footprint)"
@@ -115,5 +145,9 @@ echo
 echo "| HTTP ($connections connections, $duration, $threads wrk threads) | req/s | p50 | p99 | vs ceiling | server peak RSS | non-2xx |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 printf '%s\n' "${rows[@]}"
+echo
+ratio() { python3 -c "print(f'{${rps_of[$1]}/${rps_of[$2]}:.2f}')"; }
+echo "Minting with the Redis store (process quota) / with the memory store: $(ratio "POST /v1/tokens (mint, Redis store, process quota)" "POST /v1/tokens (mint)")."
+echo "Redemption on the cluster / on one Redis: $(ratio "POST /v1/tokens/redeem (Redis Cluster, 3 masters)" "POST /v1/tokens/redeem (Redis store)"); on one Redis / memory: $(ratio "POST /v1/tokens/redeem (Redis store)" "POST /v1/tokens/redeem (memory store)")."
 echo
 echo "Memory store with 1,000,000 live consumed jti: $(sed 's/.*rss_mib=\([0-9.]*\).*bytes_per_entry=\([0-9]*\).*/\1 MiB RSS (about \2 bytes per entry)/' <<< "$footprint")"

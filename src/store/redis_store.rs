@@ -542,7 +542,7 @@ impl SharedStore for RedisStore {
             .await;
         match checked {
             Ok(health) => health,
-            Err(unavailable) => Health::failed("redis", unavailable.0),
+            Err(unavailable) => Health::failed(self.backend(), unavailable.0),
         }
     }
 

@@ -5,6 +5,7 @@ mod cli;
 mod compat;
 mod defaults;
 mod faults;
+mod fleet;
 mod keys_watch;
 mod limits;
 mod metrics;
