@@ -9,6 +9,7 @@ mod limits;
 mod metrics;
 mod properties;
 mod redis;
+mod redis_cluster_support;
 mod rotation;
 mod sessions;
 mod shutdown;
