@@ -1,11 +1,17 @@
 # Developer entry points; see README.md.
-.PHONY: run test lint fmt clean-keys contract-tools bench soak mutants
+.PHONY: run fleet test lint fmt clean-keys contract-tools bench soak mutants
 
 # First run creates a dev signing key + API key in $STREAMTOKEN_KEYS_DIR (default keys/) and prints the key.
 # Serves the browser demo too (loopback only; STREAMTOKEN_DEMO=off to leave it out).
 run:
 	cargo run --quiet -- keys init
 	STREAMTOKEN_DEMO=$${STREAMTOKEN_DEMO:-on} cargo run --quiet -- serve
+
+# A local Redis Cluster (127.0.0.1:7101-7103, FLEET_REDIS_PORTS) and two instances on :8081 and :8082
+# (FLEET_HTTP_PORTS) sharing it and the keys dir; prints the dev API key on a fresh keys dir; Ctrl-C
+# stops all. Needs redis-server and redis-cli; data and logs in target/fleet/.
+fleet:
+	@bash tests/fleet.sh
 
 # Ends by listing what was skipped locally (e.g. no redis-server); with CI=true nothing may skip.
 test:

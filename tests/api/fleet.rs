@@ -206,6 +206,20 @@ struct FailoverRun {
     outage: Duration,
 }
 
+impl std::fmt::Display for FailoverRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} uses accepted before the kill, {} of them redeemed again after the failover, \
+             {} answers 503, redemptions succeeded again {:.1} s after the kill",
+            self.accepted_before,
+            self.redeemed_again,
+            self.unavailable,
+            self.outage.as_secs_f64()
+        )
+    }
+}
+
 /// 2 processes redeem fresh dev-org tokens as fast as they can, 16 at a time; the master
 /// holding the dev org's slot is killed; once a fresh token redeems again, every token accepted
 /// before the kill is tried again.
@@ -313,7 +327,7 @@ async fn with_one_replica_ack_a_master_killed_under_load_forgets_no_accepted_use
     let Some(run) = kill_the_master_under_load("1").await else {
         return;
     };
-    eprintln!("REPLICA_ACKS=1: {run:?}");
+    eprintln!("REPLICA_ACKS=1: {run}");
     assert!(run.accepted_before > 100, "too little load: {run:?}");
     assert_eq!(run.redeemed_again, 0, "{run:?}");
 }
@@ -325,7 +339,7 @@ async fn without_replica_acks_a_master_killed_under_load_fails_over_and_redempti
     };
     // Asynchronous replication: a use the master acknowledged in its last moments may not have
     // reached the replica. How many did is the figure the README quotes; it may be 0 on loopback.
-    eprintln!("REPLICA_ACKS=0: {run:?}");
+    eprintln!("REPLICA_ACKS=0: {run}");
     assert!(run.accepted_before > 100, "too little load: {run:?}");
     assert!(run.outage < FAILOVER_DEADLINE, "{run:?}");
 }

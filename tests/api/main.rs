@@ -11,6 +11,7 @@ mod limits;
 mod metrics;
 mod properties;
 mod redis;
+mod redis_cluster_support;
 mod replication;
 mod rotation;
 mod sessions;

@@ -6,6 +6,7 @@ pub mod log_capture;
 pub mod outcomes;
 pub mod process;
 pub mod raw_http;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod reply;
 pub mod routes;

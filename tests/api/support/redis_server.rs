@@ -65,6 +65,12 @@ impl RedisServer {
     /// Like [`start`](Self::start); `extra` is appended to the defaults and wins over
     /// them, e.g. `&["--appendonly", "yes", "--appendfsync", "always"]`.
     pub fn start_with(extra: &[&str]) -> Option<RedisServer> {
+        Self::start_picking(free_port, extra)
+    }
+
+    /// Like [`start_with`](Self::start_with) on a port from `pick_port`, which must return a
+    /// port free at the time (a cluster node also needs port + 10000 free for its bus).
+    pub(super) fn start_picking(pick_port: fn() -> u16, extra: &[&str]) -> Option<RedisServer> {
         if !on_path("redis-server") {
             if skips::on_ci() {
                 panic!("redis-server is required when CI=true; install it with apt-get install -y redis-server");
@@ -75,10 +81,7 @@ impl RedisServer {
         // Ask the OS for a free port. Someone may grab it before redis binds it, so
         // retry a few times on "Address already in use".
         for attempt in 1.. {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
+            let port = pick_port();
             let dir = tempfile::TempDir::new().expect("temp dir for redis-server");
             let (port_arg, dir_arg) = (port.to_string(), dir.path().display().to_string());
             #[rustfmt::skip]
@@ -120,6 +123,41 @@ impl RedisServer {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// What the server wrote to its log so far (for failure messages).
+    pub fn log(&self) -> String {
+        let path = self.dir.path().join("redis.log");
+        match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("(cannot read {}: {e})", path.display()),
+        }
+    }
+
+    /// SIGSTOP: the server keeps its port and connections but answers nothing, like a
+    /// hung or partitioned host. Undo with [`resume`](Self::resume); drop still kills it.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let Some(child) = &self.child else {
+            panic!("redis-server on port {} is not running", self.port);
+        };
+        let status = Command::new("kill")
+            .args([format!("-{name}"), child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(
+            status.success(),
+            "kill -{name} redis-server on port {}: {status}",
+            self.port
+        );
     }
 
     /// SIGKILL: simulates a crash; nothing is flushed.
@@ -167,15 +205,9 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis {args:?} on port {}: {e}", self.port))
     }
 
-    fn try_command(&self, args: &[&str]) -> std::io::Result<RedisReply> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        stream.write_all(req.as_bytes())?;
-        read_reply(&mut BufReader::new(stream))
+    /// Like [`command`](Self::command), but I/O errors (a killed server) are returned.
+    pub fn try_command(&self, args: &[&str]) -> std::io::Result<RedisReply> {
+        command_at(self.port, args, IO_TIMEOUT)
     }
 
     /// Spawns the child and waits for PING; on failure kills it and returns its log.
@@ -226,7 +258,43 @@ impl Drop for RedisServer {
     }
 }
 
-fn on_path(bin: &str) -> bool {
+/// Sends one RESP-encoded command to 127.0.0.1:`port` on a fresh connection and reads the
+/// reply, waiting at most `timeout` for it (a paused server never answers).
+pub fn command_at(port: u16, args: &[&str], timeout: Duration) -> std::io::Result<RedisReply> {
+    let mut replies = pipeline_at(port, &[args], timeout)?;
+    Ok(replies.remove(0))
+}
+
+/// Like [`command_at`], for commands that must share one connection: `WAIT` counts only
+/// the writes of its own connection, `READONLY` holds only for the rest of its connection.
+pub fn pipeline_at(
+    port: u16,
+    commands: &[&[&str]],
+    timeout: Duration,
+) -> std::io::Result<Vec<RedisReply>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut req = String::new();
+    for args in commands {
+        req.push_str(&format!("*{}\r\n", args.len()));
+        for a in *args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+    }
+    stream.write_all(req.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    commands.iter().map(|_| read_reply(&mut reader)).collect()
+}
+
+/// A port nothing listens on at the moment (the OS picks it).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+pub(super) fn on_path(bin: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
