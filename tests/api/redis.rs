@@ -600,3 +600,94 @@ async fn strict_mode_on_a_redis_that_refuses_config_spends_neither_a_use_nor_a_c
         "a credit was charged"
     );
 }
+
+/// How many times Redis ran `INCRBY` (the minted-count flush) so far.
+fn incrby_calls(redis: &RedisServer) -> u64 {
+    let stats = redis.command(&["INFO", "commandstats"]).to_string();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_incrby:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minting_never_waits_for_redis_counts_are_added_once_a_second_and_usage_sees_them_at_once()
+{
+    // Arrange
+    let Some((redis, app)) = app_on_fresh_redis().await else {
+        return;
+    };
+    let prefix = app.settings.redis.as_ref().unwrap().key_prefix.clone();
+    let minted_key = format!("{prefix}:{{dev}}:minted");
+
+    // Act: 200 tokens at once.
+    let started = Instant::now();
+    futures::future::join_all((0..200).map(|_| app.mint_token(json!({})))).await;
+    let usage: Value = app
+        .client
+        .get(app.url("/v1/usage"))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let elapsed_seconds = started.elapsed().as_secs();
+
+    // Assert: /v1/usage counts what this process has not flushed yet; Redis got the 200 in at
+    // most one INCRBY per second.
+    assert_eq!(usage["minted"], 200, "{usage}");
+    assert_eq!(redis.command(&["GET", &minted_key]).to_string(), "200");
+    let flushes = incrby_calls(&redis);
+    assert!(
+        (1..=elapsed_seconds + 1).contains(&flushes),
+        "{flushes} INCRBY in {elapsed_seconds} s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_server_adds_its_last_minted_counts_to_redis() {
+    // Arrange: a server process; it is stopped right after minting, well within the
+    // one-second flush interval.
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (keys, api_key) = init_keys();
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let url = redis.url();
+    let mut server = ServerProcess::spawn(
+        keys.path(),
+        &[
+            ("STREAMTOKEN_REDIS_URL", url.as_str()),
+            ("STREAMTOKEN_REDIS_PREFIX", prefix.as_str()),
+            ("STREAMTOKEN_RATE_LIMIT_SCOPE", "process"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    for _ in 0..7 {
+        let minted = client
+            .post(server.url("/v1/tokens"))
+            .bearer_auth(&api_key)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(minted.status(), StatusCode::OK);
+    }
+
+    // Act
+    server.signal("TERM");
+    let status = server.wait_for_exit(Duration::from_secs(10));
+
+    // Assert
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert_eq!(
+        redis
+            .command(&["GET", &format!("{prefix}:{{dev}}:minted")])
+            .to_string(),
+        "7"
+    );
+}
