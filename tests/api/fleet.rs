@@ -21,6 +21,8 @@ use crate::support::keys::init_keys;
 use crate::support::outcomes::{outcome, tally, ACCEPTED};
 use crate::support::process::{cli, ServerProcess};
 use crate::support::redis_cluster::RedisCluster;
+use crate::support::redis_server::RedisReply;
+use crate::support::tls::certificates;
 
 const ALREADY_USED: &str = "409 token_already_used";
 const UNAVAILABLE: &str = "503 replay_store_unavailable";
@@ -646,20 +648,103 @@ async fn a_used_entry_on_the_cluster_outlives_every_window_in_which_its_token_st
         let jti = app.state.redeemer.verify(token).expect("verifies").jti;
         let key = format!("{prefix}:{{dev}}:use:{jti}");
         match cluster.command(master, &["EXPIRETIME", &key]) {
-            crate::support::redis_server::RedisReply::Int(at) => at,
+            RedisReply::Int(at) => at,
             other => panic!("EXPIRETIME {key}: {other}"),
         }
     };
     assert_eq!(expiry(&fresh), now + lifetime + 2 * leeway + 1);
     let store_now = match cluster.command(master, &["TIME"]) {
-        crate::support::redis_server::RedisReply::Array(parts) => {
-            parts[0].to_string().parse::<i64>().unwrap()
-        }
+        RedisReply::Array(parts) => parts[0].to_string().parse::<i64>().unwrap(),
         other => panic!("TIME: {other}"),
     };
     assert!(
         expiry(&late) >= store_now + 2 * leeway,
         "entry expires at {}, the store's now is {store_now}",
         expiry(&late)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_reached_over_tls_keeps_tokens_single_use_and_an_unknown_ca_fails_closed() {
+    // Arrange: seeds are `rediss://` TLS ports; the client must follow the topology the nodes
+    // announce over TLS (their TLS ports) and trust their certificate through our CA alone.
+    // A replica each, and one replica ack, so replication over TLS is on the path too.
+    let dir = tempfile::tempdir().unwrap();
+    let tls = certificates(dir.path());
+    let Some(cluster) = RedisCluster::start_tls(3, 1, &tls) else {
+        return;
+    };
+    let mut settings = cluster_settings(&cluster);
+    settings.tls_ca_file = Some(tls.ca.clone().into());
+    settings.replica_acks = 1;
+    let app = spawn_app_with(Options {
+        redis: Some(settings.clone()),
+        ..Options::default()
+    })
+    .await;
+    let minted = app.mint_json(json!({})).await;
+    let token = minted["token"].as_str().unwrap();
+
+    // Act
+    let first = app.redeem(token).await.status();
+    let second = app.redeem(token).await.status();
+    let ready = app.get("/readyz").await;
+    let ready_status = ready.status();
+    let body: Value = ready.json().await.unwrap();
+
+    // Assert: single use holds, and the use is on the dev org's master and its replica.
+    assert_eq!(first, StatusCode::OK);
+    assert_eq!(second, StatusCode::CONFLICT);
+    let entry = format!(
+        "{}:{{dev}}:use:{}",
+        settings.key_prefix,
+        minted["jti"].as_str().unwrap()
+    );
+    let master = cluster.master_for_key(&entry);
+    assert_eq!(
+        cluster.command(master, &["HLEN", &entry]),
+        RedisReply::Int(1)
+    );
+    let replica = cluster.replica_ports_of(master)[0];
+    let read = cluster.pipeline(replica, &[&["READONLY"], &["HLEN", &entry]]);
+    assert_eq!(read[1], RedisReply::Int(1), "on replica {replica}");
+    // Every master is checked, by the TLS address it announced.
+    assert_eq!(ready_status, StatusCode::OK, "{body}");
+    assert_eq!(body["replay_store"], "redis-cluster", "{body}");
+    let mut checked: Vec<&str> = body["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no nodes in {body}"))
+        .iter()
+        .inspect(|node| assert_eq!(node["ok"], true, "{body}"))
+        .map(|node| node["node"].as_str().unwrap())
+        .collect();
+    checked.sort_unstable();
+    let mut masters: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.is_master())
+        .map(|n| format!("127.0.0.1:{}", cluster.tls_port_of(n.port)))
+        .collect();
+    masters.sort_unstable();
+    assert_eq!(checked, masters, "{body}");
+
+    // Without our CA the nodes' certificate is not trusted: fail closed.
+    settings.tls_ca_file = None;
+    let untrusting = spawn_app_with(Options {
+        redis: Some(settings),
+        ..Options::default()
+    })
+    .await;
+    let token = untrusting.mint_token(json!({})).await;
+    assert_eq!(
+        untrusting.redeem(&token).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let not_ready = untrusting.get("/readyz").await;
+    assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = not_ready.text().await.unwrap();
+    assert!(
+        body.contains("certificate"),
+        "refused for its certificate: {body}"
     );
 }

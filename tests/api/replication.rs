@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::support::app::{redis_settings, spawn_app_with, Options, TestApp};
 use crate::support::redis_server::{RedisReply, RedisServer};
+use crate::support::tls::certificates;
 
 const REPLICA_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -97,36 +98,11 @@ async fn without_replica_acks_a_missing_replica_changes_nothing() {
     assert_eq!(app.redeem(&token).await.status(), StatusCode::OK);
 }
 
-/// A CA, and a server certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
-fn certificates(dir: &std::path::Path) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.display().to_string()
-    };
-    (
-        write("ca.pem", ca_cert.pem()),
-        write("server.pem", server_cert.pem()),
-        write("server.key", server_key.serialize_pem()),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_reached_over_tls_keeps_tokens_single_use_and_an_unknown_ca_is_refused() {
     // Arrange: Redis with a TLS port beside its plain one (which the helper uses to see it up).
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
+    let tls = certificates(dir.path());
     let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -137,11 +113,11 @@ async fn a_redis_reached_over_tls_keeps_tokens_single_use_and_an_unknown_ca_is_r
         "--tls-port",
         &tls_port,
         "--tls-cert-file",
-        &cert,
+        &tls.cert,
         "--tls-key-file",
-        &key,
+        &tls.key,
         "--tls-ca-cert-file",
-        &ca,
+        &tls.ca,
         "--tls-auth-clients",
         "no",
     ]) else {
@@ -149,7 +125,7 @@ async fn a_redis_reached_over_tls_keeps_tokens_single_use_and_an_unknown_ca_is_r
     };
     let url = format!("rediss://127.0.0.1:{tls_port}/");
     let mut settings = redis_settings(&url);
-    settings.tls_ca_file = Some(ca.into());
+    settings.tls_ca_file = Some(tls.ca.into());
     let app = spawn_app_with(Options {
         redis: Some(settings.clone()),
         ..Options::default()

@@ -11,4 +11,5 @@ pub mod redis_server;
 pub mod reply;
 pub mod routes;
 pub mod skips;
+pub mod tls;
 pub mod ws;

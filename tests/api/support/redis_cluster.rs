@@ -6,6 +6,11 @@
 //! ports are picked with port + 10000 free too: that is where the cluster bus listens, and the
 //! offset is fixed on Redis before 7.0. Topology questions are answered by asking each node
 //! about itself over the std-only RESP client, never by a client library under test.
+//!
+//! [`RedisCluster::start_tls`] adds a TLS port to every node and moves the bus and replication
+//! onto TLS. The plain port stays for the helper: a node announces its plain ports to clients
+//! on its plain port and its TLS ports to clients on a TLS one, so the helper's view (and every
+//! port it takes or returns) stays in plain ports while the service only ever sees TLS ports.
 // Not every test binary uses every helper.
 #![allow(dead_code)]
 
@@ -18,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::redis_server::{self, command_at, pipeline_at, RedisReply, RedisServer};
 use super::skips;
+use super::tls::TlsFiles;
 
 /// How long the cluster may take to form or to heal after a restart.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -71,6 +77,8 @@ pub struct RedisCluster {
     /// (e.g. from another thread while requests are in flight).
     nodes: Vec<Mutex<RedisServer>>,
     ports: Vec<u16>,
+    /// Each node's TLS port, in start order, when started with [`start_tls`](Self::start_tls).
+    tls_ports: Option<Vec<u16>>,
 }
 
 impl RedisCluster {
@@ -78,6 +86,25 @@ impl RedisCluster {
     /// all 16384 slots spread over the masters, or returns `None` (recorded as a skip) when
     /// redis-server or redis-cli is missing; under `CI=true`/`CI=1` that panics instead.
     pub fn start(masters: usize, replicas_per_master: usize) -> Option<RedisCluster> {
+        Self::start_nodes(masters, replicas_per_master, None)
+    }
+
+    /// Like [`start`](Self::start), with every node also on a TLS port serving `tls`'s server
+    /// certificate, and the cluster bus and replication over TLS. [`seed_urls`](Self::seed_urls)
+    /// are then `rediss://` ones; every other method still takes and returns plain ports.
+    pub fn start_tls(
+        masters: usize,
+        replicas_per_master: usize,
+        tls: &TlsFiles,
+    ) -> Option<RedisCluster> {
+        Self::start_nodes(masters, replicas_per_master, Some(tls))
+    }
+
+    fn start_nodes(
+        masters: usize,
+        replicas_per_master: usize,
+        tls: Option<&TlsFiles>,
+    ) -> Option<RedisCluster> {
         assert!(
             masters >= 3,
             "redis-cli --cluster create needs at least 3 masters, got {masters}"
@@ -97,19 +124,51 @@ impl RedisCluster {
         }
         let total = masters * (1 + replicas_per_master);
         let mut nodes = Vec::with_capacity(total);
+        let mut tls_ports = Vec::new();
         for _ in 0..total {
-            nodes.push(RedisServer::start_picking(free_port_with_bus, &NODE_ARGS)?);
+            let Some(tls) = tls else {
+                nodes.push(RedisServer::start_picking(free_port_with_bus, &NODE_ARGS)?);
+                continue;
+            };
+            // With `tls-cluster yes` the bus listens on the TLS port + 10000; the plain port
+            // then needs no bus, only to differ from both.
+            let tls_port = free_port_with_bus();
+            let taken = [tls_port, tls_port + BUS_PORT_OFFSET];
+            let plain_port = move || loop {
+                let port = redis_server::free_port();
+                if !taken.contains(&port) {
+                    return port;
+                }
+            };
+            let tls_port_arg = tls_port.to_string();
+            #[rustfmt::skip]
+            let tls_args = [
+                "--tls-port", &tls_port_arg, "--tls-cluster", "yes", "--tls-replication", "yes",
+                "--tls-cert-file", &tls.cert, "--tls-key-file", &tls.key,
+                "--tls-ca-cert-file", &tls.ca,
+                // The service checks the server's certificate; it shows none of its own.
+                "--tls-auth-clients", "no",
+            ];
+            let args: Vec<&str> = NODE_ARGS.iter().copied().chain(tls_args).collect();
+            nodes.push(RedisServer::start_picking(plain_port, &args)?);
+            tls_ports.push(tls_port);
         }
         let cluster = RedisCluster {
             ports: nodes.iter().map(RedisServer::port).collect(),
             nodes: nodes.into_iter().map(Mutex::new).collect(),
+            tls_ports: tls.map(|_| tls_ports),
         };
-        let addrs: Vec<String> = cluster
-            .ports
+        // `redis-cli --tls` speaks TLS to every address it is given, so those are the TLS ports.
+        let create_ports = cluster.tls_ports.as_ref().unwrap_or(&cluster.ports);
+        let addrs: Vec<String> = create_ports
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(tls) = tls {
+            create.args(["--tls", "--cacert", &tls.ca]);
+        }
+        let out = create
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas_per_master.to_string()])
@@ -136,14 +195,31 @@ impl RedisCluster {
         &self.ports
     }
 
-    /// `redis://127.0.0.1:p1,redis://127.0.0.1:p2,...` over every node, for
+    /// The TLS port of the node on plain `port`, for a cluster from
+    /// [`start_tls`](Self::start_tls): the address the service knows that node by.
+    pub fn tls_port_of(&self, port: u16) -> u16 {
+        let index = self.ports.iter().position(|&p| p == port);
+        match (index, &self.tls_ports) {
+            (Some(index), Some(tls_ports)) => tls_ports[index],
+            _ => panic!("no TLS node on port {port}; nodes: {:?}", self.ports),
+        }
+    }
+
+    /// `redis://127.0.0.1:p1,redis://127.0.0.1:p2,...` over every node (`rediss://` and the
+    /// TLS ports for a cluster from [`start_tls`](Self::start_tls)), for
     /// `STREAMTOKEN_REDIS_CLUSTER_URLS`.
     pub fn seed_urls(&self) -> String {
-        let urls: Vec<String> = self
-            .ports
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
-            .collect();
+        let urls: Vec<String> = match &self.tls_ports {
+            Some(tls_ports) => tls_ports
+                .iter()
+                .map(|p| format!("rediss://127.0.0.1:{p}"))
+                .collect(),
+            None => self
+                .ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+        };
         urls.join(",")
     }
 

@@ -70,7 +70,10 @@ impl RedisServer {
 
     /// Like [`start_with`](Self::start_with) on a port from `pick_port`, which must return a
     /// port free at the time (a cluster node also needs port + 10000 free for its bus).
-    pub(super) fn start_picking(pick_port: fn() -> u16, extra: &[&str]) -> Option<RedisServer> {
+    pub(super) fn start_picking(
+        pick_port: impl Fn() -> u16,
+        extra: &[&str],
+    ) -> Option<RedisServer> {
         if !on_path("redis-server") {
             if skips::on_ci() {
                 panic!("redis-server is required when CI=true; install it with apt-get install -y redis-server");
@@ -287,7 +290,7 @@ pub fn pipeline_at(
 }
 
 /// A port nothing listens on at the moment (the OS picks it).
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
