@@ -748,3 +748,65 @@ async fn a_cluster_reached_over_tls_keeps_tokens_single_use_and_an_unknown_ca_fa
         "refused for its certificate: {body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_clock_past_the_leeway_makes_readyz_503_and_past_half_of_it_warns() {
+    // Arrange: two servers whose clocks run behind the cluster's (libfaketime), leeway 4 s.
+    let Some(cluster) = RedisCluster::start(3, 0) else {
+        return;
+    };
+    let (keys, _) = init_keys();
+    let seeds = cluster.seed_urls();
+    let env = [
+        ("STREAMTOKEN_REDIS_CLUSTER_URLS", seeds.as_str()),
+        ("STREAMTOKEN_LEEWAY_SECONDS", "4"),
+        ("RUST_LOG", "info"),
+    ];
+    let Some(far) = ServerProcess::spawn_with_clock_offset(keys.path(), &env, -10) else {
+        return;
+    };
+    let Some(near) = ServerProcess::spawn_with_clock_offset(keys.path(), &env, -3) else {
+        return;
+    };
+    let client = reqwest::Client::new();
+
+    // Act
+    let far_error = far.wait_for_log(
+        "more than STREAMTOKEN_LEEWAY_SECONDS",
+        Duration::from_secs(5),
+    );
+    let near_warning = near.wait_for_log("more than half of", Duration::from_secs(5));
+    let far_ready = client.get(far.url("/readyz")).send().await.unwrap();
+    let far_status = far_ready.status();
+    let far_body: Value = far_ready.json().await.unwrap();
+    let near_ready = client.get(near.url("/readyz")).send().await.unwrap();
+    let near_status = near_ready.status();
+    let near_body: Value = near_ready.json().await.unwrap();
+    let gauge = client
+        .get(far.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    // Assert
+    assert!(far_error.contains("+10."), "{far_error}");
+    assert!(near_warning.contains("+3."), "{near_warning}");
+    assert_eq!(far_status, StatusCode::SERVICE_UNAVAILABLE, "{far_body}");
+    assert!(
+        far_body["reasons"][0].as_str().unwrap().contains("clock"),
+        "{far_body}"
+    );
+    assert_eq!(near_status, StatusCode::OK, "{near_body}");
+    let skew = near_body["clock_skew_seconds"].as_f64().unwrap();
+    assert!((2.5..3.5).contains(&skew), "{near_body}");
+    let reported: f64 = gauge
+        .lines()
+        .find_map(|line| line.strip_prefix("streamtoken_store_clock_skew_seconds "))
+        .unwrap_or_else(|| panic!("no skew gauge in {gauge}"))
+        .parse()
+        .unwrap();
+    assert!((9.5..10.5).contains(&reported), "{reported}");
+}

@@ -38,7 +38,29 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn spawn(keys_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
-        let mut command = Command::new(BIN);
+        Self::spawn_command(Command::new(BIN), keys_dir, env)
+    }
+
+    /// A server whose clock runs `offset_seconds` off the host's (libfaketime), or `None`
+    /// (recorded as a skip; a failure under `CI=true`) when `faketime` is not installed.
+    pub fn spawn_with_clock_offset(
+        keys_dir: &Path,
+        env: &[(&str, &str)],
+        offset_seconds: i64,
+    ) -> Option<ServerProcess> {
+        if !super::redis_server::on_path("faketime") {
+            if super::skips::on_ci() {
+                panic!("faketime is required when CI=true; install it with apt-get install -y faketime");
+            }
+            super::skips::record("faketime not found (apt-get install -y faketime)");
+            return None;
+        }
+        let mut command = Command::new("faketime");
+        command.args(["-f", &format!("{offset_seconds:+}s"), BIN]);
+        Some(Self::spawn_command(command, keys_dir, env))
+    }
+
+    fn spawn_command(mut command: Command, keys_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
         command
             .arg("serve")
             .env("STREAMTOKEN_KEYS_DIR", keys_dir)
