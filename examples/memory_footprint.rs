@@ -30,6 +30,7 @@ async fn main() {
     for _ in 0..ENTRIES {
         store
             .consume_once(UseOf {
+                attempt: uuid::Uuid::new_v4(),
                 jti: Uuid::new_v4(),
                 org: "acme",
                 allowed_uses: 1,

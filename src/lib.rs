@@ -38,4 +38,5 @@ mod random;
 pub mod settings;
 pub mod store;
 pub mod tenancy;
+mod tls_provider;
 pub mod token;

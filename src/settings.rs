@@ -35,7 +35,37 @@ pub struct Settings {
     pub compat: CompatFamilies,
     pub stream: StreamSettings,
     pub demo: DemoMode,
+    /// WebSocket paths whose sessions are admitted here and relayed to an upstream.
+    pub proxy: Vec<ProxyRoute>,
 }
+
+/// `path=upstream`: a WebSocket opened on `path` with a good token is relayed to `upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyRoute {
+    pub path: String,
+    /// `ws://` or `wss://` URL; the client's query string (minus `token`) is appended.
+    pub upstream: String,
+}
+
+/// Paths the service serves itself; a proxy route may not take one.
+pub const BUILT_IN_PATHS: [&str; 16] = [
+    "/v1/tokens",
+    "/v1/tokens/redeem",
+    "/v1/tokens/introspect",
+    "/v1/usage",
+    "/v1/stream",
+    "/v1/forward-auth",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.yaml",
+    "/demo",
+    "/demo/token",
+    "/v3/token",
+    "/api/v1/token",
+    "/api/v1/chat/token",
+    "/v1/single-use-token",
+];
 
 /// The reference streaming endpoint's timers and what it admits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,6 +382,7 @@ impl Settings {
                 )?))
             },
             redis,
+            proxy: env.proxy_routes("STREAMTOKEN_PROXY")?,
             demo: match env.text("STREAMTOKEN_DEMO").as_deref().map(str::trim) {
                 None | Some("off") => DemoMode::Off,
                 Some("on") if bind.ip().is_loopback() => DemoMode::On,
@@ -519,6 +550,56 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         }))
     }
 
+    /// `path=ws://host:port/path,…`; each path once, absolute, and not one the service serves.
+    fn proxy_routes(&self, name: &'static str) -> Result<Vec<ProxyRoute>, ConfigError> {
+        let Some(value) = self.text(name) else {
+            return Ok(Vec::new());
+        };
+        let refuse = |reason: String| ConfigError {
+            variable: name,
+            value: value.clone(),
+            reason,
+        };
+        let mut routes: Vec<ProxyRoute> = Vec::new();
+        for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((path, upstream)) = pair.split_once('=') else {
+                return Err(refuse(format!("{pair:?} is not path=ws://host:port/path")));
+            };
+            let (path, upstream) = (path.trim(), upstream.trim());
+            let plain_path = path.starts_with('/')
+                && path
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
+            if !plain_path {
+                return Err(refuse(format!(
+                    "path {path:?} must start with / and hold only letters, digits and /-_.~"
+                )));
+            }
+            if BUILT_IN_PATHS
+                .iter()
+                .any(|built_in| path == *built_in || path.starts_with(&format!("{built_in}/")))
+            {
+                return Err(refuse(format!("{path} is served by streamtoken itself")));
+            }
+            if routes.iter().any(|route| route.path == path) {
+                return Err(refuse(format!("{path} is given twice")));
+            }
+            let uri: actix_web::http::Uri = upstream
+                .parse()
+                .map_err(|e| refuse(format!("upstream {upstream:?}: {e}")))?;
+            if !matches!(uri.scheme_str(), Some("ws" | "wss")) || uri.host().is_none() {
+                return Err(refuse(format!(
+                    "upstream {upstream:?} must be a ws:// or wss:// URL with a host"
+                )));
+            }
+            routes.push(ProxyRoute {
+                path: path.to_owned(),
+                upstream: upstream.to_owned(),
+            });
+        }
+        Ok(routes)
+    }
+
     /// `fleet` (the default with a Redis store) or `process`; `fleet` needs the Redis store.
     fn rate_limit_scope(&self, shared_store: bool) -> Result<RateLimitScope, ConfigError> {
         let name = "STREAMTOKEN_RATE_LIMIT_SCOPE";
@@ -678,6 +759,29 @@ mod tests {
     }
 
     #[test]
+    fn proxy_routes_pair_a_path_with_an_upstream() {
+        let s = settings(&[(
+            "STREAMTOKEN_PROXY",
+            " /v3/ws=ws://127.0.0.1:9000/v3/ws?x=1 , /v1/speech-to-text/realtime=wss://stt.internal/rt",
+        )])
+        .unwrap();
+        assert_eq!(
+            s.proxy,
+            [
+                ProxyRoute {
+                    path: "/v3/ws".into(),
+                    upstream: "ws://127.0.0.1:9000/v3/ws?x=1".into()
+                },
+                ProxyRoute {
+                    path: "/v1/speech-to-text/realtime".into(),
+                    upstream: "wss://stt.internal/rt".into()
+                },
+            ]
+        );
+        assert!(settings(&[]).unwrap().proxy.is_empty());
+    }
+
+    #[test]
     fn one_redis_or_a_cluster_never_both() {
         let both = settings(&[
             ("STREAMTOKEN_REDIS_URL", "redis://127.0.0.1:6379/"),
@@ -750,6 +854,12 @@ mod tests {
             ("STREAMTOKEN_RATE_LIMIT_SCOPE", "global"),
             ("STREAMTOKEN_RATE_LIMIT_SCOPE", "fleet"),
             ("STREAMTOKEN_KEYS_POLL_MS", "-1"),
+            ("STREAMTOKEN_PROXY", "/v3/ws"),
+            ("STREAMTOKEN_PROXY", "v3/ws=ws://127.0.0.1:9000/"),
+            ("STREAMTOKEN_PROXY", "/v3/ws=http://127.0.0.1:9000/"),
+            ("STREAMTOKEN_PROXY", "/v1/stream=ws://127.0.0.1:9000/"),
+            ("STREAMTOKEN_PROXY", "/a=ws://h:1/,/a=ws://h:2/"),
+            ("STREAMTOKEN_PROXY", "/{x}=ws://h:1/"),
             ("STREAMTOKEN_KEYS_POLL_MS", "3600001"),
         ] {
             let err = settings(&[(var, value)]).expect_err(var);

@@ -17,6 +17,8 @@ use crate::token::verify::TokenVerifier;
 #[derive(Debug, Clone)]
 pub struct Redemption {
     pub claims: Claims,
+    /// Names the use this redemption recorded, so `Redeemer::release` can take it back.
+    pub attempt: uuid::Uuid,
     pub uses_remaining: u32,
     /// When the session opened with this redemption must end.
     pub session_expires_at: DateTime<Utc>,
@@ -153,16 +155,10 @@ impl Redeemer {
             .verify(token, &keyring)
             .map_err(RedeemError::Rejected)?;
         policy.check(&claims).map_err(RedeemError::Rejected)?;
+        let attempt = uuid::Uuid::new_v4();
         let consumed = self
             .store
-            .consume_once(UseOf {
-                jti: claims.jti,
-                org: &claims.org,
-                allowed_uses: claims.uses,
-                expires_at: self.entry_expiry(&claims),
-                credit_limit: keyring.api_keys().credit_limit(&claims.org),
-                outlive_seconds: self.skew_margin(),
-            })
+            .consume_once(self.use_of(&claims, attempt, &keyring))
             .await?;
         match consumed {
             Consumed::AlreadyUsed => Err(RedeemError::Rejected(RejectReason::AlreadyUsed)),
@@ -170,11 +166,44 @@ impl Redeemer {
             Consumed::Accepted { uses_remaining } => {
                 let session = chrono::Duration::seconds(claims.max_session_duration_seconds.into());
                 Ok(Redemption {
+                    attempt,
                     session_expires_at: Utc::now() + session,
                     uses_remaining,
                     claims,
                 })
             }
+        }
+    }
+
+    /// Takes back the use `redemption` recorded (and its credit): the second phase of a
+    /// two-phase redemption failed, e.g. the upstream a proxied session was for refused it, so
+    /// the same token works on retry.
+    pub async fn release(&self, redemption: &Redemption) -> Result<(), StoreUnavailable> {
+        let keyring = self.keyring.snapshot();
+        let released = self
+            .store
+            .release(self.use_of(&redemption.claims, redemption.attempt, &keyring))
+            .await;
+        if released.is_err() {
+            self.count_store_error();
+        }
+        released
+    }
+
+    fn use_of<'a>(
+        &self,
+        claims: &'a Claims,
+        attempt: uuid::Uuid,
+        keyring: &crate::keys::keyring::Keyring,
+    ) -> UseOf<'a> {
+        UseOf {
+            attempt,
+            jti: claims.jti,
+            org: &claims.org,
+            allowed_uses: claims.uses,
+            expires_at: self.entry_expiry(claims),
+            credit_limit: keyring.api_keys().credit_limit(&claims.org),
+            outlive_seconds: self.skew_margin(),
         }
     }
 

@@ -47,6 +47,9 @@ pub enum ApiError {
     InsufficientCredits,
     #[error("too many sessions are open; try again later (the token was not used)")]
     TooManySessions,
+    /// A proxy route's upstream refused or did not answer; the use was given back.
+    #[error("upstream unavailable; try again (the token was not used)")]
+    UpstreamUnavailable,
     #[error("internal error")]
     Unexpected(#[from] anyhow::Error),
 }
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::InsufficientCredits => "insufficient_credits",
             ApiError::TooManySessions => "too_many_sessions",
+            ApiError::UpstreamUnavailable => "upstream_unavailable",
             ApiError::Unexpected(_) => "internal_error",
         }
     }
@@ -155,7 +159,9 @@ impl ResponseError for ApiError {
             ApiError::ReplayStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
-            ApiError::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManySessions | ApiError::UpstreamUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -102,7 +102,7 @@ pub fn run(
             .wrap(middleware::no_store())
             .app_data(state.clone())
             .app_data(state.redeemer.clone())
-            .configure(|cfg| routes::configure(cfg, compat_families))
+            .configure(|cfg| routes::configure(cfg, compat_families, &state.proxy))
             .default_service(web::to(routes::not_found))
     })
     .on_connect(connection::remember)

@@ -33,6 +33,8 @@ pub struct AppState {
     /// Hands memory back to the system after sessions end.
     pub(crate) memory: Arc<MemoryReturn>,
     pub demo: DemoMode,
+    /// WebSocket paths relayed to upstreams (`STREAMTOKEN_PROXY`).
+    pub proxy: Vec<crate::settings::ProxyRoute>,
     /// The verification leeway: also how far the store's clock may be from ours.
     pub leeway_seconds: u64,
     pub metrics: Arc<Metrics>,
@@ -72,6 +74,7 @@ impl AppState {
             memory: MemoryReturn::start(TRIM_INTERVAL),
             stream: settings.stream.clone(),
             demo: settings.demo,
+            proxy: settings.proxy.clone(),
             leeway_seconds: settings.token.leeway_seconds,
             admin_address: None,
             shutdown: tokio::sync::watch::Sender::new(false),

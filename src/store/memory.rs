@@ -109,6 +109,19 @@ impl ReplayStore for MemoryStore {
         Ok(consumed)
     }
 
+    /// Takes back one use. Exact for the callers there are: a redeemer releases only an attempt
+    /// it saw accepted, once (one process, no timeouts to leave a release in doubt).
+    async fn release(&self, use_of: UseOf<'_>) -> Result<(), StoreUnavailable> {
+        let mut usage = self.usage.entry(use_of.org.to_owned()).or_default();
+        if let Some(mut uses) = self.entries.get_mut(&use_of.jti) {
+            if uses.recorded > 0 {
+                uses.recorded -= 1;
+                usage.redeemed = usage.redeemed.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
     async fn uses_recorded(
         &self,
         _org: &str,
@@ -154,6 +167,7 @@ mod tests {
 
     fn use_of(jti: Uuid, allowed_uses: u32, expires_at: i64) -> UseOf<'static> {
         UseOf {
+            attempt: Uuid::new_v4(),
             jti,
             org: "acme",
             allowed_uses,

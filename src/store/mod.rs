@@ -48,6 +48,8 @@ use uuid::Uuid;
 /// One redemption to record: a use of `jti`, charged to `org`.
 #[derive(Debug, Clone, Copy)]
 pub struct UseOf<'a> {
+    /// Names this attempt, so exactly its use (and credit) can be taken back (`release`).
+    pub attempt: Uuid,
     pub jti: Uuid,
     pub org: &'a str,
     pub allowed_uses: u32,
@@ -90,6 +92,10 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// Atomically records one use of the token and counts the redemption for its org. With a
     /// credit limit, a redemption that would exceed it records nothing and returns `NoCredits`.
     async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable>;
+
+    /// Takes back the use (and its credit) that `use_of.attempt` recorded, if it did: a
+    /// two-phase redemption whose second phase failed. Nothing happens for another attempt.
+    async fn release(&self, use_of: UseOf<'_>) -> Result<(), StoreUnavailable>;
 
     /// How many uses of `org`'s token `jti` have been recorded (at most `allowed_uses`), without
     /// recording one.

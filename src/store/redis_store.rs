@@ -181,7 +181,7 @@ impl RedisStore {
     }
 
     /// Takes back the use `marker` recorded, and its count or credit.
-    async fn release(
+    async fn release_marked(
         &self,
         entry: &str,
         redeemed: &str,
@@ -359,7 +359,7 @@ impl ReplayStore for RedisStore {
         let redeemed = self.keys.counter(use_of.org, "redeemed");
         // Each accepted use is a field named by its attempt, so a failed attempt takes back
         // exactly its own use (see `release_after_timeout`).
-        let marker = Uuid::new_v4().simple().to_string();
+        let marker = use_of.attempt.simple().to_string();
         if self.require_persistence {
             // Refuse before spending anything (a use, a credit) when Redis cannot confirm it
             // persists every write, CONFIG refused included. The check rides in the write's
@@ -422,7 +422,7 @@ impl ReplayStore for RedisStore {
         if let Some(persistence) = persistence.filter(|p| *p != Persistence::EveryWrite) {
             // Redis would not keep this use across a restart: take it back and refuse, so the
             // token can be redeemed once persistence is on.
-            self.release(&entry, &redeemed, &marker).await?;
+            self.release_marked(&entry, &redeemed, &marker).await?;
             return Err(not_persistent(&persistence));
         }
         if self.replica_acks > 0 {
@@ -432,7 +432,7 @@ impl ReplayStore for RedisStore {
             };
             if acknowledged < i64::from(self.replica_acks) {
                 // A failover now could forget this use: take it back and let the client retry.
-                self.release(&entry, &redeemed, &marker).await?;
+                self.release_marked(&entry, &redeemed, &marker).await?;
                 return Err(StoreUnavailable(format!(
                     "{acknowledged} of the {} Redis replicas required \
                      (STREAMTOKEN_REDIS_REPLICA_ACKS) acknowledged the use in time",
@@ -441,6 +441,18 @@ impl ReplayStore for RedisStore {
             }
         }
         Ok(outcome)
+    }
+
+    async fn release(&self, use_of: UseOf<'_>) -> Result<(), StoreUnavailable> {
+        let entry = self.keys.use_entry(use_of.org, use_of.jti);
+        let redeemed = self.keys.counter(use_of.org, "redeemed");
+        let marker = use_of.attempt.simple().to_string();
+        let released = self.release_marked(&entry, &redeemed, &marker).await;
+        if released.is_err() {
+            // Queued behind whatever is in flight; best effort, as after a timeout.
+            self.release_after_timeout(&entry, &redeemed, &marker);
+        }
+        released
     }
 
     async fn uses_recorded(

@@ -33,6 +33,7 @@ mod tests {
         assert!(may_mint(&store, Some(1), "acme").await.unwrap());
         store
             .consume_once(UseOf {
+                attempt: uuid::Uuid::new_v4(),
                 jti: uuid::Uuid::new_v4(),
                 org: "acme",
                 allowed_uses: 1,

@@ -10,6 +10,7 @@ mod keys_watch;
 mod limits;
 mod metrics;
 mod properties;
+mod proxy;
 mod redis;
 mod redis_cluster_support;
 mod replication;

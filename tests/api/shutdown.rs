@@ -38,6 +38,7 @@ fn a_redis_connection_first_used_by_a_worker_that_stopped_still_serves_the_other
     // Act: "worker B", still draining, redeems.
     let worker_b = runtime();
     let consumed = worker_b.block_on(store.consume_once(UseOf {
+        attempt: uuid::Uuid::new_v4(),
         jti: uuid::Uuid::new_v4(),
         org: "acme",
         allowed_uses: 1,

@@ -3,6 +3,7 @@
 mod compat;
 mod demo;
 mod ops;
+mod proxy;
 mod stream;
 mod tokens;
 mod usage;
@@ -12,11 +13,21 @@ use actix_web::http::Method;
 use actix_web::{web, HttpResponse, Resource, Route};
 
 use crate::http::error::ApiError;
-use crate::settings::CompatFamilies;
+use crate::settings::{CompatFamilies, ProxyRoute};
 use crate::token::mint::MintedToken;
 
-pub fn configure(cfg: &mut web::ServiceConfig, compat_families: CompatFamilies) {
+pub fn configure(
+    cfg: &mut web::ServiceConfig,
+    compat_families: CompatFamilies,
+    proxies: &[ProxyRoute],
+) {
     let canonical = ApiError::canonical_response;
+    for route in proxies {
+        let route = std::sync::Arc::new(route.clone());
+        let path = route.path.clone();
+        let relay = web::to(move |req, body, state| proxy::relay(req, body, state, route.clone()));
+        cfg.service(endpoint(&path, canonical, vec![(Method::GET, relay)]));
+    }
     for (path, method, route) in [
         ("/v1/tokens", Method::POST, web::to(tokens::mint)),
         ("/v1/tokens/redeem", Method::POST, web::to(tokens::redeem)),

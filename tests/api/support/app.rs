@@ -43,6 +43,8 @@ pub struct Options {
     pub demo: DemoMode,
     /// `STREAMTOKEN_ADMIN_BIND`: a second listener that alone serves `/metrics`.
     pub admin_bind: Option<std::net::SocketAddr>,
+    /// `STREAMTOKEN_PROXY`: WebSocket paths relayed to upstreams.
+    pub proxy: Vec<streamtoken::settings::ProxyRoute>,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             stream: StreamSettings::default(),
             demo: DemoMode::On,
             admin_bind: None,
+            proxy: Vec::new(),
         }
     }
 }
@@ -102,6 +105,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.stream = options.stream;
     settings.demo = options.demo;
     settings.admin_bind = options.admin_bind;
+    settings.proxy = options.proxy;
     let client = reqwest::Client::new();
     // The server's threads (HTTP workers, the Redis I/O runtime) are this app's: a secret one of
     // them logs fails this test, not whichever test ends next.

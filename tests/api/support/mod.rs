@@ -13,3 +13,4 @@ pub mod routes;
 pub mod skips;
 pub mod tls;
 pub mod ws;
+pub mod ws_upstream;
