@@ -21,11 +21,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 echo "building release…"
-cargo build --release --quiet --bin streamtoken --example memory_footprint
+cargo build --release --quiet --bin streamtoken --example memory_footprint --example ws_frames
 bin=target/release/streamtoken
 work="$(mktemp -d)"
-server_pid=""; redis_pid=""; cluster_pids=()
+server_pid=""; redis_pid=""; cluster_pids=(); upstream_pid=""
 cleanup() {
+    [ -n "$upstream_pid" ] && kill "$upstream_pid" 2>/dev/null
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
     [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null
     for pid in "${cluster_pids[@]}"; do kill "$pid" 2>/dev/null; done
@@ -130,6 +131,20 @@ start_server STREAMTOKEN_REDIS_CLUSTER_URLS="${cluster_urls%,}"
 run "POST /v1/tokens/redeem (Redis Cluster, 3 masters)" "$base/v1/tokens/redeem" -s benches/wrk/redeem.lua
 stop_server
 
+echo "== WebSocket frames: through a proxy route vs direct to the upstream"
+frames=target/release/examples/ws_frames
+upstream_port="$(free_port)"
+"$frames" serve "$upstream_port" > "$work/upstream.log" 2>&1 &
+upstream_pid=$!
+for _ in $(seq 1 100); do grep -q "echo upstream" "$work/upstream.log" 2>/dev/null && break; sleep 0.05; done
+seconds="${duration%s}"
+direct_fps="$("$frames" load "ws://127.0.0.1:$upstream_port/" "$seconds" | sed -n 's/frames_per_second=//p')"
+"$bin" mint --org dev --ttl 3600 --count 64 > "$work/ws-tokens.txt"
+start_server STREAMTOKEN_PROXY="/relay=ws://127.0.0.1:$upstream_port/"
+proxied_fps="$("$frames" load "ws://${base#http://}/relay" "$seconds" "$work/ws-tokens.txt" | sed -n 's/frames_per_second=//p')"
+stop_server
+echo "  direct: $direct_fps frames/s, through the proxy: $proxied_fps frames/s"
+
 echo "== memory store footprint"
 footprint="$(target/release/examples/memory_footprint)"
 echo "  $footprint"
@@ -149,5 +164,6 @@ echo
 ratio() { python3 -c "print(f'{${rps_of[$1]}/${rps_of[$2]}:.2f}')"; }
 echo "Minting with the Redis store (process quota) / with the memory store: $(ratio "POST /v1/tokens (mint, Redis store, process quota)" "POST /v1/tokens (mint)")."
 echo "Redemption on the cluster / on one Redis: $(ratio "POST /v1/tokens/redeem (Redis Cluster, 3 masters)" "POST /v1/tokens/redeem (Redis store)"); on one Redis / memory: $(ratio "POST /v1/tokens/redeem (Redis store)" "POST /v1/tokens/redeem (memory store)")."
+echo "WebSocket echo round trips (64 sessions, 1 KiB binary frames): direct to the upstream $direct_fps/s, through a proxy route $proxied_fps/s ($(python3 -c "print(f'{$proxied_fps/$direct_fps:.2f}')") of direct)."
 echo
 echo "Memory store with 1,000,000 live consumed jti: $(sed 's/.*rss_mib=\([0-9.]*\).*bytes_per_entry=\([0-9]*\).*/\1 MiB RSS (about \2 bytes per entry)/' <<< "$footprint")"

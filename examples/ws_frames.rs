@@ -1,0 +1,90 @@
+//! WebSocket frame throughput for `make bench`: an echo upstream, and a load generator that
+//! keeps `connections` sessions each sending a 1 KiB binary frame and waiting for its echo, for
+//! a fixed time, then prints frames/s (round trips).
+//!
+//! ```text
+//! ws_frames serve <port>                               # echo upstream on 127.0.0.1:<port>
+//! ws_frames load <url> <seconds> [tokens-file]         # one session per line of tokens-file
+//! ```
+//! With a tokens file, session i connects to `<url>?token=<line i>` (through the proxy);
+//! without, `connections` (64) sessions connect to `<url>` directly.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+const CONNECTIONS: usize = 64;
+const FRAME_BYTES: usize = 1024;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("serve") => serve(args[2].parse().expect("a port")).await,
+        Some("load") => {
+            let seconds: u64 = args[3].parse().expect("seconds");
+            let urls: Vec<String> = match args.get(4) {
+                Some(file) => std::fs::read_to_string(file)
+                    .expect("tokens file")
+                    .lines()
+                    .take(CONNECTIONS)
+                    .map(|token| format!("{}?token={token}", args[2]))
+                    .collect(),
+                None => vec![args[2].clone(); CONNECTIONS],
+            };
+            load(urls, Duration::from_secs(seconds)).await;
+        }
+        _ => eprintln!("usage: ws_frames serve <port> | load <url> <seconds> [tokens-file]"),
+    }
+}
+
+async fn serve(port: u16) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    println!("echo upstream on 127.0.0.1:{port}");
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                return;
+            };
+            while let Some(Ok(message)) = ws.next().await {
+                if message.is_binary() || message.is_text() {
+                    if ws.send(message).await.is_err() {
+                        return;
+                    }
+                } else if message.is_close() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn load(urls: Vec<String>, duration: Duration) {
+    let until = Instant::now() + duration;
+    let sessions = urls.into_iter().map(|url| async move {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("handshake");
+        let frame = Message::binary(vec![7u8; FRAME_BYTES]);
+        let mut round_trips = 0u64;
+        while Instant::now() < until {
+            ws.send(frame.clone()).await.expect("send");
+            loop {
+                match ws.next().await {
+                    Some(Ok(message)) if message.is_binary() => break,
+                    Some(Ok(_)) => continue,
+                    other => panic!("session ended: {other:?}"),
+                }
+            }
+            round_trips += 1;
+        }
+        let _ = ws.close(None).await;
+        round_trips
+    });
+    let started = Instant::now();
+    let total: u64 = futures_util::future::join_all(sessions).await.into_iter().sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("frames_per_second={:.0}", total as f64 / elapsed);
+}
