@@ -1,5 +1,5 @@
 # Developer entry points; see README.md.
-.PHONY: run fleet test lint fmt clean-keys contract-tools bench soak mutants
+.PHONY: run fleet test lint fmt clean-keys contract-tools sdk-tools bench soak mutants
 
 # First run creates a dev signing key + API key in $STREAMTOKEN_KEYS_DIR (default keys/) and prints the key.
 # Serves the browser demo too (loopback only; STREAMTOKEN_DEMO=off to leave it out).
@@ -21,6 +21,7 @@ test:
 	bash tests/smoke_make_run.sh
 	bash tests/browser/run.sh
 	bash tests/contract/run.sh
+	bash tests/sdk/run.sh
 	@bash tests/report_skips.sh
 
 lint:
@@ -37,6 +38,10 @@ clean-keys:
 # Pinned schemathesis / openapi-python-client / openapi-spec-validator for the contract tests.
 contract-tools:
 	bash tests/contract/install.sh
+
+# The pinned AssemblyAI Python SDK (and trustme for its test CA) for the SDK test (tests/sdk/).
+sdk-tools:
+	bash tests/sdk/install.sh
 
 # Flake check (not part of `make test`): the integration suite N times beside a CPU-bound process.
 N ?= 10
