@@ -14,3 +14,4 @@ pub(crate) mod query;
 pub(crate) mod routes;
 pub mod server;
 pub mod state;
+pub mod tls;

@@ -46,7 +46,7 @@ impl RedisConnection {
             })
         };
         if settings.target.uses_tls() {
-            install_tls_provider();
+            crate::crypto_provider::installed();
         }
         let timeout = settings.timeout;
         Ok(match &settings.target {
@@ -150,9 +150,4 @@ impl ConnectionLike for RedisConnection {
             RedisConnection::Cluster(_) => 0,
         }
     }
-}
-
-/// rustls needs one process-wide crypto provider; a second install is refused harmlessly.
-fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }

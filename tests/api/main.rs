@@ -19,3 +19,4 @@ mod shutdown;
 mod stream;
 mod support;
 mod tenancy;
+mod tls;
