@@ -84,7 +84,10 @@ async fn load(urls: Vec<String>, duration: Duration) {
         round_trips
     });
     let started = Instant::now();
-    let total: u64 = futures_util::future::join_all(sessions).await.into_iter().sum();
+    let total: u64 = futures_util::future::join_all(sessions)
+        .await
+        .into_iter()
+        .sum();
     let elapsed = started.elapsed().as_secs_f64();
     println!("frames_per_second={:.0}", total as f64 / elapsed);
 }

@@ -24,10 +24,11 @@
 //! | `gateway` | the actix-web embedding of admission |
 //! | `http` | the service: state, server, middleware, error envelope, and each route surface |
 //! | `cli` | the `streamtoken` command |
-//! | `settings`, `input`, `metrics`, `periodic` | configuration, reading integers, Prometheus counters, interval tasks |
+//! | `settings`, `input`, `metrics`, `periodic`, `crypto_provider` | configuration, reading integers, Prometheus counters, interval tasks, the one rustls provider |
 
 pub mod admission;
 pub mod cli;
+mod crypto_provider;
 pub mod gateway;
 pub mod http;
 pub mod input;
@@ -38,5 +39,4 @@ mod random;
 pub mod settings;
 pub mod store;
 pub mod tenancy;
-mod tls_provider;
 pub mod token;

@@ -16,6 +16,8 @@ use crate::token::params::TokenType;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
+    /// HTTPS (and WSS) on `bind`; `None` serves plain HTTP. The admin listener is always plain.
+    pub tls: Option<TlsSettings>,
     /// A second listener for operations; when set, `/metrics` answers there only.
     pub admin_bind: Option<SocketAddr>,
     pub keys_dir: PathBuf,
@@ -66,6 +68,16 @@ pub const BUILT_IN_PATHS: [&str; 16] = [
     "/api/v1/chat/token",
     "/v1/single-use-token",
 ];
+
+/// The PEM files `bind` serves HTTPS with. Only the paths: the files are read when the server
+/// starts and again on every reload (`http::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `STREAMTOKEN_TLS_CERT`: the certificate chain, the server's own certificate first.
+    pub cert_file: PathBuf,
+    /// `STREAMTOKEN_TLS_KEY`: the private key of that certificate.
+    pub key_file: PathBuf,
+}
 
 /// The reference streaming endpoint's timers and what it admits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,6 +315,7 @@ impl Settings {
         let bind: SocketAddr = env.parsed("STREAMTOKEN_BIND", DEFAULT_BIND)?;
         Ok(Settings {
             bind,
+            tls: env.tls()?,
             admin_bind: match env.text("STREAMTOKEN_ADMIN_BIND") {
                 None => None,
                 Some(_) => Some(env.parsed("STREAMTOKEN_ADMIN_BIND", "")?),
@@ -600,6 +613,26 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         Ok(routes)
     }
 
+    /// Both files or neither: one alone is a mistake, not a request for plain HTTP.
+    fn tls(&self) -> Result<Option<TlsSettings>, ConfigError> {
+        const CERT: &str = "STREAMTOKEN_TLS_CERT";
+        const KEY: &str = "STREAMTOKEN_TLS_KEY";
+        let missing = |variable: &'static str, value: String, other: &str| ConfigError {
+            variable,
+            value,
+            reason: format!("HTTPS needs both files: set {other} too, or neither for plain HTTP"),
+        };
+        match (self.text(CERT), self.text(KEY)) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsSettings {
+                cert_file: cert.into(),
+                key_file: key.into(),
+            })),
+            (Some(cert), None) => Err(missing(CERT, cert, KEY)),
+            (None, Some(key)) => Err(missing(KEY, key, CERT)),
+        }
+    }
+
     /// `fleet` (the default with a Redis store) or `process`; `fleet` needs the Redis store.
     fn rate_limit_scope(&self, shared_store: bool) -> Result<RateLimitScope, ConfigError> {
         let name = "STREAMTOKEN_RATE_LIMIT_SCOPE";
@@ -693,6 +726,7 @@ mod tests {
         assert_eq!(s.keys_dir, PathBuf::from("keys"));
         assert_eq!(s.keys_poll, Some(Duration::from_secs(1)));
         assert!(s.redis.is_none());
+        assert!(s.tls.is_none());
         assert_eq!(s.token.issuer, "streamtoken");
         assert_eq!(s.token.audience, "streamtoken-gateway");
         assert_eq!(s.token.leeway_seconds, 5);
@@ -861,11 +895,36 @@ mod tests {
             ("STREAMTOKEN_PROXY", "/a=ws://h:1/,/a=ws://h:2/"),
             ("STREAMTOKEN_PROXY", "/{x}=ws://h:1/"),
             ("STREAMTOKEN_KEYS_POLL_MS", "3600001"),
+            // One TLS file without the other.
+            ("STREAMTOKEN_TLS_CERT", "/etc/streamtoken/tls.crt"),
+            ("STREAMTOKEN_TLS_KEY", "/etc/streamtoken/tls.key"),
         ] {
             let err = settings(&[(var, value)]).expect_err(var);
             assert_eq!(err.variable, var, "{value}");
             assert!(err.to_string().contains(var), "{err}");
         }
+    }
+
+    #[test]
+    fn https_takes_both_tls_files_and_a_lone_one_names_the_other() {
+        let both = settings(&[
+            ("STREAMTOKEN_TLS_CERT", "tls.crt"),
+            ("STREAMTOKEN_TLS_KEY", "tls.key"),
+        ])
+        .unwrap();
+        assert_eq!(
+            both.tls,
+            Some(TlsSettings {
+                cert_file: "tls.crt".into(),
+                key_file: "tls.key".into(),
+            })
+        );
+        let lone = settings(&[("STREAMTOKEN_TLS_KEY", "tls.key")]).unwrap_err();
+        let message = lone.to_string();
+        assert!(
+            message.contains("STREAMTOKEN_TLS_CERT") && message.contains("tls.key"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::http::server::{stop_gracefully, Application};
+use crate::http::tls::ServedCertificate;
 use crate::keys::admin::{self, NewApiKey};
 use crate::keys::keyring::{self, KeyringHandle};
 use crate::keys::watch::{self, Fingerprint};
@@ -159,9 +160,15 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         let state = app.state();
         let counted = state.clone();
         let server = app.server_handle();
-        tokio::spawn(reload_on_sighup(state.keyring.clone()));
+        let tls = app.tls();
+        tokio::spawn(reload_on_sighup(state.keyring.clone(), tls.clone()));
         if let Some((every, seen)) = follow_keys {
             watch::follow_folder(&state.keyring, every, seen);
+            // Certificates are rotated the way keys are (Secret volumes, cert-manager, an
+            // ACME client): followed on the same interval, switched off by the same `0`.
+            if let Some(tls) = &tls {
+                tls.follow_files(every);
+            }
         }
         tokio::spawn(async move {
             wait_for_termination().await;
@@ -169,7 +176,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
             stop_gracefully(&state, &server).await;
         });
         // Scripts and tests read this line to learn the port (STREAMTOKEN_BIND may use port 0).
-        println!("streamtoken listening on http://{}", app.address());
+        println!("streamtoken listening on {}", app.url());
         app.run_until_stopped()
             .await
             .context("running the server")?;
@@ -200,15 +207,19 @@ async fn wait_for_termination() {
     }
 }
 
-/// `kill -HUP` re-reads the keys directory; a broken directory leaves the old keyring in place.
-async fn reload_on_sighup(keyring: Arc<KeyringHandle>) {
+/// `kill -HUP` re-reads the keys directory and the TLS files; a broken directory or pair leaves
+/// the previous keyring or certificate in place.
+async fn reload_on_sighup(keyring: Arc<KeyringHandle>, tls: Option<Arc<ServedCertificate>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        log::error!("cannot listen for SIGHUP; keys reload only on restart");
+        log::error!("cannot listen for SIGHUP; keys and certificates reload only on restart");
         return;
     };
     while hangups.recv().await.is_some() {
         keyring.reload_or_keep();
+        if let Some(tls) = &tls {
+            tls.reload_or_keep();
+        }
     }
 }
 

@@ -14,12 +14,21 @@ use actix_web::HttpRequest;
 #[derive(Clone)]
 pub struct ConnectionSocket(Arc<OwnedFd>);
 
-/// `HttpServer::on_connect` hook: remembers every plain TCP connection's socket.
+type TcpStream = actix_web::rt::net::TcpStream;
+type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
+
+/// `HttpServer::on_connect` hook: remembers every connection's socket, plain or TLS (shutting
+/// down the TCP socket under a TLS session ends it just the same).
 pub fn remember(connection: &dyn Any, data: &mut Extensions) {
-    if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {
-            data.insert(ConnectionSocket(Arc::new(fd)));
-        }
+    let tcp = match connection.downcast_ref::<TcpStream>() {
+        Some(tcp) => tcp,
+        None => match connection.downcast_ref::<TlsStream>() {
+            Some(tls) => tls.get_ref().0,
+            None => return,
+        },
+    };
+    if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {
+        data.insert(ConnectionSocket(Arc::new(fd)));
     }
 }
 

@@ -15,4 +15,5 @@ pub(crate) mod query;
 pub(crate) mod routes;
 pub mod server;
 pub mod state;
+pub mod tls;
 mod websocket;

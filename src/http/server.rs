@@ -2,6 +2,7 @@
 //! workers, graceful shutdown.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::middleware::Condition;
@@ -9,6 +10,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
 use crate::http::state::AppState;
+use crate::http::tls::ServedCertificate;
 use crate::http::{access_log, connection, middleware, routes};
 use crate::settings::{CompatFamilies, DemoMode, Settings};
 
@@ -26,10 +28,18 @@ pub struct Application {
     address: SocketAddr,
     server: Server,
     state: web::Data<AppState>,
+    /// Set when the main listener serves HTTPS.
+    tls: Option<Arc<ServedCertificate>>,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Read first: a broken certificate stops start-up before anything else is opened.
+        let tls = settings
+            .tls
+            .as_ref()
+            .map(ServedCertificate::load)
+            .transpose()?;
         let admin = match settings.admin_bind {
             Some(bind) => Some(
                 TcpListener::bind(bind)
@@ -50,9 +60,20 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("binding STREAMTOKEN_BIND={}", settings.bind))?;
         let address = listener.local_addr()?;
+        let tls_config = match &tls {
+            Some(served) => Some(
+                served
+                    .server_config()
+                    .context("configuring TLS for STREAMTOKEN_BIND")?,
+            ),
+            None => None,
+        };
         let server = run(
-            listener,
-            admin,
+            Listeners {
+                main: listener,
+                tls: tls_config,
+                admin,
+            },
             state.clone(),
             settings.workers,
             settings.compat,
@@ -61,6 +82,7 @@ impl Application {
             address,
             server,
             state,
+            tls,
         })
     }
 
@@ -70,6 +92,17 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.address.port()
+    }
+
+    /// `https://host:port` with TLS, else `http://host:port`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
+    }
+
+    /// The certificate the main listener serves, for reloads; `None` on plain HTTP.
+    pub fn tls(&self) -> Option<Arc<ServedCertificate>> {
+        self.tls.clone()
     }
 
     pub fn state(&self) -> web::Data<AppState> {
@@ -85,9 +118,16 @@ impl Application {
     }
 }
 
+/// Where the server listens: the main listener, with TLS when configured, and the optional
+/// admin listener, always plain HTTP.
+pub struct Listeners {
+    pub main: TcpListener,
+    pub tls: Option<rustls::ServerConfig>,
+    pub admin: Option<TcpListener>,
+}
+
 pub fn run(
-    listener: TcpListener,
-    admin: Option<TcpListener>,
+    listeners: Listeners,
     state: web::Data<AppState>,
     workers: usize,
     compat_families: CompatFamilies,
@@ -109,9 +149,12 @@ pub fn run(
     .workers(workers)
     // Signals are handled by `serve`, which closes stream sessions before stopping the server.
     .disable_signals()
-    .shutdown_timeout(SHUTDOWN_DEADLINE_SECONDS)
-    .listen(listener)?;
-    let server = match admin {
+    .shutdown_timeout(SHUTDOWN_DEADLINE_SECONDS);
+    let server = match listeners.tls {
+        Some(config) => server.listen_rustls_0_23(listeners.main, config)?,
+        None => server.listen(listeners.main)?,
+    };
+    let server = match listeners.admin {
         Some(admin) => server.listen(admin)?,
         None => server,
     };

@@ -31,7 +31,7 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Self {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
         if meta.is_dir() {
             // A folder's size and times change with every file created in it, temporary ones
             // too; its entries are fingerprinted one by one, so only which folder it is counts.

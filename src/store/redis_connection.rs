@@ -46,7 +46,7 @@ impl RedisConnection {
             })
         };
         if settings.target.uses_tls() {
-            crate::tls_provider::install();
+            crate::crypto_provider::installed();
         }
         let timeout = settings.timeout;
         Ok(match &settings.target {

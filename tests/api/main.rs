@@ -20,3 +20,4 @@ mod shutdown;
 mod stream;
 mod support;
 mod tenancy;
+mod tls;

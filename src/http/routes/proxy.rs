@@ -135,7 +135,7 @@ async fn open_upstream(
         request.headers_mut().insert(name, value);
     }
     if url.starts_with("wss://") {
-        crate::tls_provider::install();
+        crate::crypto_provider::installed();
     }
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_UPSTREAM_MESSAGE_BYTES))
