@@ -167,6 +167,33 @@ proxied_fps="$("$frames" load "ws://${base#http://}/relay" "$seconds" "$work/ws-
 stop_server
 echo "  direct: $direct_fps frames/s, through the proxy: $proxied_fps frames/s"
 
+echo "== connection storm: sessions opened 200 at a time (handshake, admission, first frame)"
+storm_sessions="${BENCH_STORM_SESSIONS:-10000}"
+ulimit -n 65536 2>/dev/null || true
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# storm NAME PID URL [tokens-file]: sessions/s, p99, and the server's RSS per open idle session.
+storm() {
+    local name="$1" pid="$2" url="$3"; shift 3
+    local before; before="$(rss_kib "$pid")"
+    "$frames" storm "$url" "$storm_sessions" 200 "$@" > "$work/storm.txt" &
+    local storm_pid=$!
+    for _ in $(seq 1 1200); do grep -q all_open "$work/storm.txt" 2>/dev/null && break; sleep 0.1; done
+    local open; open="$(rss_kib "$pid")"
+    wait "$storm_pid"
+    local sps p99
+    sps="$(sed -n 's/.*sessions_per_second=\([0-9]*\).*/\1/p' "$work/storm.txt")"
+    p99="$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' "$work/storm.txt")"
+    storm_sps["$name"]="$sps"
+    storm_rows+=("| $name | $sps | $p99 ms | $(python3 -c "print(f'{($open-$before)/$storm_sessions:.1f}')") KiB |")
+    echo "  $name: $sps sessions/s, p99 $p99 ms, RSS $before → $open KiB"
+}
+declare -A storm_sps; storm_rows=()
+storm "bare actix-ws (greeting + echo)" "$ceiling_pid" "ws://127.0.0.1:$ceiling_port/ws"
+"$bin" mint --org dev --ttl 3600 --count "$storm_sessions" > "$work/storm-tokens.txt"
+start_server STREAMTOKEN_STREAM_MAX_SESSIONS=100000 STREAMTOKEN_STREAM_MAX_SESSIONS_PER_ORG=100000
+storm "GET /v1/stream (memory store)" "$server_pid" "ws://${base#http://}/v1/stream" "$work/storm-tokens.txt"
+stop_server
+
 echo "== memory store footprint"
 footprint="$(target/release/examples/memory_footprint)"
 echo "  $footprint"
@@ -188,6 +215,11 @@ echo
 ratio() { python3 -c "print(f'{${rps_of[$1]}/${rps_of[$2]}:.2f}')"; }
 echo "Minting with the Redis store (process quota) / with the memory store: $(ratio "POST /v1/tokens (mint, Redis store, process quota)" "POST /v1/tokens (mint)")."
 echo "Redemption on the cluster / on one Redis: $(ratio "POST /v1/tokens/redeem (Redis Cluster, 3 masters)" "POST /v1/tokens/redeem (Redis store)"); on one Redis / memory: $(ratio "POST /v1/tokens/redeem (Redis store)" "POST /v1/tokens/redeem (memory store)")."
+echo "| connection storm ($storm_sessions sessions, 200 at a time) | sessions/s | p99 open → first frame | server RSS per open idle session |"
+echo "| --- | ---: | ---: | ---: |"
+printf '%s\n' "${storm_rows[@]}"
+echo "Storm ratio: $(python3 -c "print(f'{${storm_sps["GET /v1/stream (memory store)"]}/${storm_sps["bare actix-ws (greeting + echo)"]}:.2f}')") of the bare actix-ws endpoint."
+echo
 echo "WebSocket echo round trips (64 sessions, 1 KiB binary frames): direct to the upstream $direct_fps/s, through a proxy route $proxied_fps/s ($(python3 -c "print(f'{$proxied_fps/$direct_fps:.2f}')") of direct)."
 echo
 echo "Memory store with 1,000,000 live consumed jti: $(sed 's/.*rss_mib=\([0-9.]*\).*bytes_per_entry=\([0-9]*\).*/\1 MiB RSS (about \2 bytes per entry)/' <<< "$footprint")"
