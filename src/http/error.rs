@@ -35,7 +35,7 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
-    #[error("no token: send ?token=, Authorization: Bearer <token>, or the subprotocols bearer, <token>")]
+    #[error("no token: send ?token=, Authorization: [Bearer |Token ]<token>, or the subprotocols bearer, <token>")]
     MissingToken,
     #[error("{}", .0.describe())]
     TokenRejected(RejectReason),

@@ -664,6 +664,11 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     t.push(case("stream: handshake without Sec-WebSocket-Key", "GET", format!("/v1/stream?token={good}")).header("Upgrade", "websocket").header("Connection", "Upgrade").header("Sec-WebSocket-Version", "13").expect(400, canonical("invalid_request")));
     t.push(case("stream: POST", "POST", "/v1/stream").expect(405, canonical("method_not_allowed")));
     t.push(case("stream: handshake with a fresh token (control)", "GET", format!("/v1/stream?token={}", fresh())).websocket().expect(101, Expect::WsBegins));
+    t.push(case("stream: a fresh token in Authorization: Token", "GET", "/v1/stream").header("Authorization", format!("Token {}", fresh())).websocket().expect(101, Expect::WsBegins));
+    t.push(case("stream: a fresh token bare in Authorization (the AssemblyAI SDK's form)", "GET", "/v1/stream").header("Authorization", fresh()).websocket().expect(101, Expect::WsBegins));
+    t.push(case("stream: Basic credentials in Authorization are not a token", "GET", "/v1/stream").header("Authorization", "Basic dXNlcjpwYXNz").websocket().expect(101, ws_refused("missing_token", 4001)));
+    t.push(case("stream: an API key bare in Authorization is not a token", "GET", "/v1/stream").header("Authorization", dev).websocket().expect(101, ws_refused("missing_token", 4001)));
+    t.push(case("stream: two JWS-shaped words in Authorization are not a token", "GET", "/v1/stream").header("Authorization", format!("{good} {good}")).websocket().expect(101, ws_refused("missing_token", 4001)));
     t.push(case("stream: handshake with an empty token", "GET", "/v1/stream?token=").websocket().expect(101, ws_refused("missing_token", 4001)));
     t.push(case("stream: handshake with a used token", "GET", format!("/v1/stream?token={used}")).websocket().expect(101, ws_refused("token_already_used", 4003)));
     t.push(case("stream: handshake with an expired token", "GET", format!("/v1/stream?token={expired}")).websocket().expect(101, ws_refused("token_expired", 4002)));
@@ -905,7 +910,7 @@ fn every_route_answers_every_hostile_request_in_its_own_envelope_and_never_with_
     let server = start_server(&[]);
     let (address, keys, forge) = (&server.address, &server.keys, &server.forge);
     let mut tokens = Tokens {
-        fresh: (0..4).map(|_| mint(address, &keys.dev)).collect(),
+        fresh: (0..16).map(|_| mint(address, &keys.dev)).collect(),
         used: mint(address, &keys.dev),
     };
     redeem(address, &keys.dev, &tokens.used);
