@@ -6,6 +6,7 @@ mod compat;
 mod defaults;
 mod faults;
 mod fleet;
+mod forward_auth;
 mod keys_watch;
 mod limits;
 mod metrics;

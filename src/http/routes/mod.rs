@@ -2,6 +2,7 @@
 
 mod compat;
 mod demo;
+mod forward_auth;
 mod ops;
 mod stream;
 mod tokens;
@@ -36,6 +37,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, compat_families: CompatFamilies) 
     ] {
         cfg.service(endpoint(path, canonical, vec![(method, route)]));
     }
+    // Proxies differ in the method of their auth request (some keep the client's): serve all.
+    cfg.service(
+        web::resource("/v1/forward-auth").route(web::route().to(forward_auth::forward_auth)),
+    );
     compat::configure(cfg, compat_families);
 }
 
