@@ -10,6 +10,7 @@ mod forward_auth;
 mod keys_watch;
 mod limits;
 mod metrics;
+mod nginx;
 mod properties;
 mod redis;
 mod redis_cluster_support;
