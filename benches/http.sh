@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: one run, one table. Criterion micro-benchmarks (one core), then HTTP load on
 # loopback with wrk (64 connections, bounded runs), then the memory store's footprint.
-# Every HTTP figure is from this run; ratios are to the fixed-body ceiling (/healthz).
+# Every HTTP figure is from this run; each ratio is to a bare actix-web server (benches/ceiling.rs)
+# measured right before it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,11 +22,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 echo "building release…"
-cargo build --release --quiet --bin streamtoken --example memory_footprint --example ws_frames
+cargo build --release --quiet --bin streamtoken --example memory_footprint --example ws_frames --example ceiling
 bin=target/release/streamtoken
 work="$(mktemp -d)"
-server_pid=""; redis_pid=""; cluster_pids=(); upstream_pid=""
+server_pid=""; redis_pid=""; cluster_pids=(); upstream_pid=""; ceiling_pid=""
 cleanup() {
+    [ -n "$ceiling_pid" ] && kill "$ceiling_pid" 2>/dev/null
     [ -n "$upstream_pid" ] && kill "$upstream_pid" 2>/dev/null
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
     [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null
@@ -54,22 +56,42 @@ stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; serv
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$server_pid/status"; }
 
 rows=()
-ceiling=""
+ceiling=""; ceiling_p99=""
 declare -A rps_of
-# run NAME URL [wrk args…]: one bounded wrk run; records req/s, p50, p99, ratio, peak RSS.
+# wrk's latency ("845.00us", "5.45ms", "1.20s") in milliseconds.
+to_ms() { python3 -c "v='$1'; print(float(v[:-2])/1000 if v.endswith('us') else float(v[:-2]) if v.endswith('ms') else float(v[:-1])*1000)"; }
+
+# The ceiling: a bare actix-web server (benches/ceiling.rs, fixed JSON body, no middleware, the
+# same workers), measured right before every run (A B A B …) so each ratio compares like with like.
+ceiling_port="$(free_port)"
+target/release/examples/ceiling "127.0.0.1:$ceiling_port" "${BENCH_WORKERS:-$(nproc)}" > "$work/ceiling.out" &
+ceiling_pid=$!
+for _ in $(seq 1 200); do grep -q "listening on" "$work/ceiling.out" 2>/dev/null && break; sleep 0.05; done
+ceiling_runs=()
+measure_ceiling() {
+    wrk -t"$threads" -c"$connections" -d"$duration" --latency "http://127.0.0.1:$ceiling_port/" > "$work/ceiling.txt"
+    ceiling="$(awk '/Requests\/sec/ {print $2}' "$work/ceiling.txt")"
+    ceiling_p99="$(awk '$1=="99%" {print $2}' "$work/ceiling.txt")"
+    ceiling_runs+=("$ceiling/$ceiling_p99")
+}
+
+# run NAME URL [wrk args…]: the ceiling, then one bounded wrk run; records req/s, p50, p99, the
+# ratio to the ceiling just measured, p99 against the ceiling's, and the server's peak RSS.
 run() {
     local name="$1" url="$2"; shift 2
+    measure_ceiling
     wrk -t"$threads" -c"$connections" -d"$duration" --latency "$@" "$url" > "$work/wrk.txt"
     local rps p50 p99 non2xx
     rps="$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt")"
     p50="$(awk '$1=="50%" {print $2}' "$work/wrk.txt")"
     p99="$(awk '$1=="99%" {print $2}' "$work/wrk.txt")"
     non2xx="$(awk '/Non-2xx/ {print $NF}' "$work/wrk.txt")"
-    [ -n "$ceiling" ] || ceiling="$rps"
-    local ratio; ratio="$(python3 -c "print(f'{100*$rps/$ceiling:.0f}%')")"
+    local ratio p99_ratio
+    ratio="$(python3 -c "print(f'{$rps/$ceiling:.2f}')")"
+    p99_ratio="$(python3 -c "print(f'{$(to_ms "$p99")/$(to_ms "$ceiling_p99"):.1f}×')")"
     rps_of["$name"]="$rps"
-    rows+=("| $name | $(printf '%.0f' "$rps") | $p50 | $p99 | $ratio | $(peak_rss_mib) MiB | ${non2xx:-0} |")
-    echo "  $name: $(printf '%.0f' "$rps") req/s, p50 $p50, p99 $p99, non-2xx ${non2xx:-0}"
+    rows+=("| $name | $(printf '%.0f' "$rps") | $p50 | $p99 | $ratio | $p99_ratio | $(peak_rss_mib) MiB | ${non2xx:-0} |")
+    echo "  $name: $(printf '%.0f' "$rps") req/s ($ratio of the ceiling's $(printf '%.0f' "$ceiling")), p50 $p50, p99 $p99 ($p99_ratio the ceiling's $ceiling_p99), non-2xx ${non2xx:-0}"
 }
 
 echo "== criterion (in-process, one core)"
@@ -82,7 +104,7 @@ done < <(grep "^test" "$work/criterion.txt")
 
 echo "== HTTP load: wrk -t$threads -c$connections -d$duration on loopback"
 start_server
-run "ceiling: GET /healthz (fixed body)" "$base/healthz"
+run "GET /healthz (fixed body through our middleware)" "$base/healthz"
 run "POST /v1/tokens (mint)" "$base/v1/tokens" -s benches/wrk/mint.lua
 run "GET /v3/token (mint, AssemblyAI)" "$base/v3/token?expires_in_seconds=60" -H "Authorization: $key"
 stop_server
@@ -145,6 +167,33 @@ proxied_fps="$("$frames" load "ws://${base#http://}/relay" "$seconds" "$work/ws-
 stop_server
 echo "  direct: $direct_fps frames/s, through the proxy: $proxied_fps frames/s"
 
+echo "== connection storm: sessions opened 200 at a time (handshake, admission, first frame)"
+storm_sessions="${BENCH_STORM_SESSIONS:-10000}"
+ulimit -n 65536 2>/dev/null || true
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# storm NAME PID URL [tokens-file]: sessions/s, p99, and the server's RSS per open idle session.
+storm() {
+    local name="$1" pid="$2" url="$3"; shift 3
+    local before; before="$(rss_kib "$pid")"
+    "$frames" storm "$url" "$storm_sessions" 200 "$@" > "$work/storm.txt" &
+    local storm_pid=$!
+    for _ in $(seq 1 1200); do grep -q all_open "$work/storm.txt" 2>/dev/null && break; sleep 0.1; done
+    local open; open="$(rss_kib "$pid")"
+    wait "$storm_pid"
+    local sps p99
+    sps="$(sed -n 's/.*sessions_per_second=\([0-9]*\).*/\1/p' "$work/storm.txt")"
+    p99="$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' "$work/storm.txt")"
+    storm_sps["$name"]="$sps"
+    storm_rows+=("| $name | $sps | $p99 ms | $(python3 -c "print(f'{($open-$before)/$storm_sessions:.1f}')") KiB |")
+    echo "  $name: $sps sessions/s, p99 $p99 ms, RSS $before → $open KiB"
+}
+declare -A storm_sps; storm_rows=()
+storm "bare actix-ws (greeting + echo)" "$ceiling_pid" "ws://127.0.0.1:$ceiling_port/ws"
+"$bin" mint --org dev --ttl 3600 --count "$storm_sessions" > "$work/storm-tokens.txt"
+start_server STREAMTOKEN_STREAM_MAX_SESSIONS=100000 STREAMTOKEN_STREAM_MAX_SESSIONS_PER_ORG=100000
+storm "GET /v1/stream (memory store)" "$server_pid" "ws://${base#http://}/v1/stream" "$work/storm-tokens.txt"
+stop_server
+
 echo "== memory store footprint"
 footprint="$(target/release/examples/memory_footprint)"
 echo "  $footprint"
@@ -157,13 +206,20 @@ echo "| in-process (one core) | ops/s | time per op |"
 echo "| --- | ---: | ---: |"
 printf '%s\n' "${micro_rows[@]}"
 echo
-echo "| HTTP ($connections connections, $duration, $threads wrk threads) | req/s | p50 | p99 | vs ceiling | server peak RSS | non-2xx |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| HTTP ($connections connections, $duration, $threads wrk threads) | req/s | p50 | p99 | vs bare ceiling | p99 vs ceiling's | server peak RSS | non-2xx |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 printf '%s\n' "${rows[@]}"
+echo
+echo "Bare actix-web ceiling (req/s / p99), measured before each run: ${ceiling_runs[*]}."
 echo
 ratio() { python3 -c "print(f'{${rps_of[$1]}/${rps_of[$2]}:.2f}')"; }
 echo "Minting with the Redis store (process quota) / with the memory store: $(ratio "POST /v1/tokens (mint, Redis store, process quota)" "POST /v1/tokens (mint)")."
 echo "Redemption on the cluster / on one Redis: $(ratio "POST /v1/tokens/redeem (Redis Cluster, 3 masters)" "POST /v1/tokens/redeem (Redis store)"); on one Redis / memory: $(ratio "POST /v1/tokens/redeem (Redis store)" "POST /v1/tokens/redeem (memory store)")."
+echo "| connection storm ($storm_sessions sessions, 200 at a time) | sessions/s | p99 open → first frame | server RSS per open idle session |"
+echo "| --- | ---: | ---: | ---: |"
+printf '%s\n' "${storm_rows[@]}"
+echo "Storm ratio: $(python3 -c "print(f'{${storm_sps["GET /v1/stream (memory store)"]}/${storm_sps["bare actix-ws (greeting + echo)"]}:.2f}')") of the bare actix-ws endpoint."
+echo
 echo "WebSocket echo round trips (64 sessions, 1 KiB binary frames): direct to the upstream $direct_fps/s, through a proxy route $proxied_fps/s ($(python3 -c "print(f'{$proxied_fps/$direct_fps:.2f}')") of direct)."
 echo
 echo "Memory store with 1,000,000 live consumed jti: $(sed 's/.*rss_mib=\([0-9.]*\).*bytes_per_entry=\([0-9]*\).*/\1 MiB RSS (about \2 bytes per entry)/' <<< "$footprint")"

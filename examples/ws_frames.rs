@@ -5,7 +5,11 @@
 //! ```text
 //! ws_frames serve <port>                               # echo upstream on 127.0.0.1:<port>
 //! ws_frames load <url> <seconds> [tokens-file]         # one session per line of tokens-file
+//! ws_frames storm <url> <sessions> <concurrency> [tokens-file]
 //! ```
+//! `storm` opens `sessions` sessions, `concurrency` at a time, each counted once its first frame
+//! arrives (handshake, admission, first frame); prints sessions/s and the p99 of that time, then
+//! `all_open`, holds every session idle for 3 s (so the server's memory can be read) and closes.
 //! With a tokens file, session i connects to `<url>?token=<line i>` (through the proxy);
 //! without, `connections` (64) sessions connect to `<url>` directly.
 
@@ -36,7 +40,24 @@ async fn main() {
             };
             load(urls, Duration::from_secs(seconds)).await;
         }
-        _ => eprintln!("usage: ws_frames serve <port> | load <url> <seconds> [tokens-file]"),
+        Some("storm") => {
+            let sessions: usize = args[3].parse().expect("sessions");
+            let concurrency: usize = args[4].parse().expect("concurrency");
+            let urls: Vec<String> = match args.get(5) {
+                Some(file) => std::fs::read_to_string(file)
+                    .expect("tokens file")
+                    .lines()
+                    .take(sessions)
+                    .map(|token| format!("{}?token={token}", args[2]))
+                    .collect(),
+                None => vec![args[2].clone(); sessions],
+            };
+            storm(urls, concurrency).await;
+        }
+        _ => eprintln!(
+            "usage: ws_frames serve <port> | load <url> <seconds> [tokens-file] | \
+             storm <url> <sessions> <concurrency> [tokens-file]"
+        ),
     }
 }
 
@@ -90,4 +111,37 @@ async fn load(urls: Vec<String>, duration: Duration) {
         .sum();
     let elapsed = started.elapsed().as_secs_f64();
     println!("frames_per_second={:.0}", total as f64 / elapsed);
+}
+
+async fn storm(urls: Vec<String>, concurrency: usize) {
+    let started = Instant::now();
+    let opened: Vec<(Duration, _)> = futures_util::stream::iter(urls)
+        .map(|url| async move {
+            let began = Instant::now();
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("handshake");
+            match ws.next().await {
+                Some(Ok(message)) if message.is_text() => {}
+                other => panic!("no first frame: {other:?}"),
+            }
+            (began.elapsed(), ws)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut latencies: Vec<Duration> = opened.iter().map(|(took, _)| *took).collect();
+    latencies.sort();
+    let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+    println!(
+        "sessions_per_second={:.0} p99_ms={:.1}",
+        opened.len() as f64 / elapsed,
+        p99.as_secs_f64() * 1000.0
+    );
+    println!("all_open");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (_, mut ws) in opened {
+        let _ = ws.close(None).await;
+    }
 }

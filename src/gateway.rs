@@ -1,17 +1,21 @@
 //! The embeddable gateway component: any actix-web service verifies streamtoken tokens locally
 //! (keyring + shared store, no call to the issuer) with the `Redeemed` extractor.
 //!
-//! The token may be presented as `?token=`, as `Authorization: Bearer <token>`, or as the
-//! WebSocket subprotocol pair `Sec-WebSocket-Protocol: bearer, <token>` (browsers cannot set
-//! headers on a WebSocket, but they can offer subprotocols; answer with `bearer`). A refusal is
-//! an `ApiError` in the `{"error":{"code","message"}}` envelope.
+//! The token may be presented as `?token=`, as `Authorization: Bearer <token>`,
+//! `Authorization: Token <token>` or `Authorization: <token>` (no scheme, as the AssemblyAI SDK
+//! sends it; only a value shaped like a token counts), or as the WebSocket subprotocol pair
+//! `Sec-WebSocket-Protocol: bearer, <token>` (browsers cannot set headers on a WebSocket, but
+//! they can offer subprotocols; answer with `bearer`). A refusal is an `ApiError` in the
+//! `{"error":{"code","message"}}` envelope.
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
 pub use crate::admission::policy::Policy;
-pub use crate::admission::presented::{presented_token, TokenSource, BEARER_SUBPROTOCOL};
+pub use crate::admission::presented::{
+    presented_in, presented_token, TokenSource, BEARER_SUBPROTOCOL,
+};
 pub use crate::admission::redeem::{Redeemer, Redemption};
 pub use crate::http::error::ApiError;
 

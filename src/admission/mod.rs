@@ -1,8 +1,9 @@
 //! Admission: how a gateway lets a stream in. Every surface — the `Redeemed` extractor,
-//! `POST /v1/tokens/redeem` and `/introspect`, `GET /v1/stream` — runs the same steps and differs
-//! only in how it answers:
+//! `POST /v1/tokens/redeem` and `/introspect`, `GET /v1/stream`, `/v1/forward-auth` — runs the
+//! same steps and differs only in how it answers:
 //!
-//! 1. `presented`: find the token the client presented (query, `Authorization`, subprotocol);
+//! 1. `presented`: find the token the client presented (query, `Authorization` with `Bearer`,
+//!    `Token` or no scheme, subprotocol);
 //! 2. `redeem`: verify it locally, apply the surface's `policy` (orgs, token types), consume one
 //!    use in the shared store (fail closed), and report the outcome to the metrics;
 //! 3. `slots`: a session-holding surface takes a place under its caps first, so a client turned

@@ -3,7 +3,7 @@
 //!
 //! A tenant's gateway key admits its own org only; an operator key (`--any-org`) and the
 //! embeddable verifier by default admit every org; `/v1/stream` admits the token types in
-//! `STREAMTOKEN_STREAM_TOKEN_TYPES`.
+//! `STREAMTOKEN_STREAM_TOKEN_TYPES`, and `/v1/forward-auth` both the key's orgs and those types.
 
 use std::collections::BTreeSet;
 
@@ -44,6 +44,15 @@ impl Policy {
         self
     }
 
+    /// What both policies admit: forward-auth holds the caller key's orgs and the stream's token
+    /// types at once.
+    pub fn and(&self, other: &Policy) -> Policy {
+        Policy {
+            orgs: both(&self.orgs, &other.orgs),
+            token_types: both(&self.token_types, &other.token_types),
+        }
+    }
+
     /// The org check comes first: a key of another org learns nothing about the token's type.
     pub fn check(&self, claims: &Claims) -> Result<(), RejectReason> {
         if let Some(orgs) = &self.orgs {
@@ -57,6 +66,15 @@ impl Policy {
             }
         }
         Ok(())
+    }
+}
+
+/// The intersection of two admitted sets, `None` standing for every value.
+fn both(a: &Option<BTreeSet<String>>, b: &Option<BTreeSet<String>>) -> Option<BTreeSet<String>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.intersection(b).cloned().collect()),
+        (Some(only), None) | (None, Some(only)) => Some(only.clone()),
+        (None, None) => None,
     }
 }
 
@@ -97,6 +115,32 @@ mod tests {
         assert_eq!(
             policy.check(&claims("acme", "chat")),
             Err(RejectReason::WrongTokenType)
+        );
+    }
+
+    #[test]
+    fn two_policies_together_admit_only_what_both_admit() {
+        let key = Policy::any().only_org("acme");
+        let stream = Policy::any().only_token_types(["realtime", "chat"]);
+        let both = key
+            .and(&stream)
+            .and(&Policy::any().only_token_types(["realtime"]));
+        assert_eq!(both.check(&claims("acme", "realtime")), Ok(()));
+        assert_eq!(
+            both.check(&claims("other", "realtime")),
+            Err(RejectReason::WrongOrg)
+        );
+        assert_eq!(
+            both.check(&claims("acme", "chat")),
+            Err(RejectReason::WrongTokenType)
+        );
+        assert_eq!(Policy::any().and(&Policy::any()), Policy::any());
+        let disjoint = Policy::any()
+            .only_orgs(["a"])
+            .and(&Policy::any().only_orgs(["b"]));
+        assert_eq!(
+            disjoint.check(&claims("a", "chat")),
+            Err(RejectReason::WrongOrg)
         );
     }
 }

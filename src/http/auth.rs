@@ -35,6 +35,13 @@ impl Caller {
         }
     }
 
+    /// The tokens this key may redeem or introspect as a gateway: it needs the `redeem` scope,
+    /// and acts on the tokens its `gateway_policy` admits.
+    pub fn redeem_policy(&self) -> Result<Policy, ApiError> {
+        self.require(Scope::Redeem)?;
+        Ok(self.gateway_policy())
+    }
+
     /// The org whose usage is asked for: `requested`, if this key acts for it, else its own.
     pub fn usage_org<'a>(&'a self, requested: Option<&'a str>) -> Result<&'a str, ApiError> {
         match requested {
@@ -67,8 +74,22 @@ pub fn presented_key(req: &HttpRequest) -> Option<&str> {
     Some(raw.trim()).filter(|key| !key.is_empty())
 }
 
+/// Where the API routes read a key, as a missing key's message names them.
+pub const KEY_HEADERS: &str =
+    "Authorization: Bearer <key>, Authorization: <key> or xi-api-key: <key>";
+
 pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Caller, ApiError> {
-    let presented = presented_key(req).ok_or(ApiError::MissingApiKey)?;
+    authenticate_key(presented_key(req), KEY_HEADERS, state)
+}
+
+/// The caller whose key is `presented`, wherever the route found it (`headers` says where, for
+/// the message when there is none).
+pub fn authenticate_key(
+    presented: Option<&str>,
+    headers: &'static str,
+    state: &AppState,
+) -> Result<Caller, ApiError> {
+    let presented = presented.ok_or(ApiError::MissingApiKey(headers))?;
     let keyring = state.keyring.snapshot();
     keyring
         .api_keys()

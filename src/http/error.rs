@@ -23,10 +23,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("send the body as application/json")]
     UnsupportedMediaType,
-    #[error(
-        "no API key: send Authorization: Bearer <key>, Authorization: <key> or xi-api-key: <key>"
-    )]
-    MissingApiKey,
+    /// No key where the route looks for one; names the headers it reads.
+    #[error("no API key: send {0}")]
+    MissingApiKey(&'static str),
     #[error("the API key is not valid")]
     InvalidApiKey,
     #[error("this API key lacks the {} scope", .0.as_str())]
@@ -35,7 +34,7 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
-    #[error("no token: send ?token=, Authorization: Bearer <token>, or the subprotocols bearer, <token>")]
+    #[error("no token: send ?token=, Authorization: [Bearer |Token ]<token>, or the subprotocols bearer, <token>")]
     MissingToken,
     #[error("{}", .0.describe())]
     TokenRejected(RejectReason),
@@ -60,7 +59,7 @@ impl ApiError {
             ApiError::InvalidRequest(_) | ApiError::InvalidParam(_) => "invalid_request",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::MissingApiKey => "missing_api_key",
+            ApiError::MissingApiKey(_) => "missing_api_key",
             ApiError::InvalidApiKey => "invalid_api_key",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
@@ -146,7 +145,7 @@ impl ResponseError for ApiError {
             ApiError::InvalidRequest(_) | ApiError::InvalidParam(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::MissingApiKey | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ApiError::MissingApiKey(_) | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -13,8 +13,13 @@ pub struct Repeated;
 /// The single value of `name`, if present. Percent-decoding is lossy, so malformed escapes
 /// yield a value that then fails to parse as an integer.
 pub fn single(req: &HttpRequest, name: &str) -> Result<Option<String>, Repeated> {
+    single_in(req.query_string().as_bytes(), name)
+}
+
+/// Like `single`, in a query string given as bytes (another request's, as a proxy reports it).
+pub fn single_in(query: &[u8], name: &str) -> Result<Option<String>, Repeated> {
     let mut found = None;
-    for (key, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
+    for (key, value) in form_urlencoded::parse(query) {
         if key == name {
             if found.is_some() {
                 return Err(Repeated);

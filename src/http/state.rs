@@ -26,7 +26,7 @@ pub struct AppState {
     pub redeemer: web::Data<Redeemer>,
     pub rate_limiter: RateLimiter,
     pub stream: StreamSettings,
-    /// What `/v1/stream` admits: the token types in `stream`.
+    /// What `/v1/stream` and `/v1/forward-auth` admit: the token types in `stream`.
     pub stream_policy: Policy,
     /// `/v1/stream`'s caps on open sessions.
     pub session_slots: Arc<SessionSlots>,

@@ -35,8 +35,8 @@ use crate::support::outcomes::tally;
 use crate::support::process::ServerProcess;
 use crate::support::raw_http::{self, Answer, BuildRaw, Frames, RawRequest};
 use crate::support::routes::{
-    ASSEMBLYAI, CHAT, CHAT_ALIAS, ELEVENLABS_SCRIBE, ELEVENLABS_TTS, INTROSPECT, MINT, REDEEM,
-    STREAM_TOKEN,
+    ASSEMBLYAI, CHAT, CHAT_ALIAS, ELEVENLABS_SCRIBE, ELEVENLABS_TTS, FORWARD_AUTH, INTROSPECT,
+    MINT, REDEEM, STREAM_TOKEN,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -80,6 +80,13 @@ enum Expect {
     },
     /// Answered by the HTTP layer before any route: no body at all.
     Protocol,
+    /// Forward-auth's grant: no body, the identity of a dev-org `realtime` token in headers.
+    Granted,
+    /// Forward-auth's refusal: the canonical envelope, and its code in `X-Streamtoken-Error`.
+    Denied {
+        code: &'static str,
+        reason: Option<&'static str>,
+    },
     /// A WebSocket upgrade (101) refused in-band: one error frame with `code`, then `close`.
     WsRefused { code: &'static str, close: u16 },
     /// A WebSocket upgrade (101) whose first frame is `session_begins`.
@@ -213,6 +220,42 @@ fn check(case: &Case, answer: &Answer) -> Result<(), String> {
             if got != *close {
                 return Err(format!("close code {got} instead of {close}"));
             }
+        }
+        Expect::Granted => {
+            if !answer.body.is_empty() {
+                return Err(format!(
+                    "a grant has no body: {:?}",
+                    String::from_utf8_lossy(&answer.body)
+                ));
+            }
+            for (name, want) in [
+                ("x-streamtoken-org", Some("dev")),
+                ("x-streamtoken-token-type", Some("realtime")),
+                ("x-streamtoken-jti", None),
+                ("x-streamtoken-session-expires-at", None),
+                ("x-streamtoken-ctx", None),
+            ] {
+                match (answer.header(name), want) {
+                    (None, _) => return Err(format!("no {name} header")),
+                    (Some(got), Some(want)) if got != want => {
+                        return Err(format!("{name}: {got:?} instead of {want:?}"))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Expect::Denied { code, reason } => {
+            if answer.header("x-streamtoken-error") != Some(code) {
+                return Err(format!(
+                    "x-streamtoken-error: {:?} instead of {code:?}",
+                    answer.header("x-streamtoken-error")
+                ));
+            }
+            let canonical = Expect::Canonical {
+                code,
+                reason: *reason,
+            };
+            check_json(&canonical, &json_body(answer)?)?;
         }
         Expect::WsBegins => {
             let Some((0x1, text)) = answer.frames.first() else {
@@ -430,6 +473,17 @@ fn stream_token(code: Option<&'static str>) -> Expect {
 
 fn chat(code: &'static str) -> Expect {
     Expect::Chat { code }
+}
+
+fn denied(code: &'static str) -> Expect {
+    Expect::Denied { code, reason: None }
+}
+
+fn denied_token(reason: &'static str) -> Expect {
+    Expect::Denied {
+        code: "invalid_token",
+        reason: Some(reason),
+    }
 }
 
 fn ws_refused(code: &'static str, close: u16) -> Expect {
@@ -664,6 +718,11 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     t.push(case("stream: handshake without Sec-WebSocket-Key", "GET", format!("/v1/stream?token={good}")).header("Upgrade", "websocket").header("Connection", "Upgrade").header("Sec-WebSocket-Version", "13").expect(400, canonical("invalid_request")));
     t.push(case("stream: POST", "POST", "/v1/stream").expect(405, canonical("method_not_allowed")));
     t.push(case("stream: handshake with a fresh token (control)", "GET", format!("/v1/stream?token={}", fresh())).websocket().expect(101, Expect::WsBegins));
+    t.push(case("stream: a fresh token in Authorization: Token", "GET", "/v1/stream").header("Authorization", format!("Token {}", fresh())).websocket().expect(101, Expect::WsBegins));
+    t.push(case("stream: a fresh token bare in Authorization (the AssemblyAI SDK's form)", "GET", "/v1/stream").header("Authorization", fresh()).websocket().expect(101, Expect::WsBegins));
+    t.push(case("stream: Basic credentials in Authorization are not a token", "GET", "/v1/stream").header("Authorization", "Basic dXNlcjpwYXNz").websocket().expect(101, ws_refused("missing_token", 4001)));
+    t.push(case("stream: an API key bare in Authorization is not a token", "GET", "/v1/stream").header("Authorization", dev).websocket().expect(101, ws_refused("missing_token", 4001)));
+    t.push(case("stream: two JWS-shaped words in Authorization are not a token", "GET", "/v1/stream").header("Authorization", format!("{good} {good}")).websocket().expect(101, ws_refused("missing_token", 4001)));
     t.push(case("stream: handshake with an empty token", "GET", "/v1/stream?token=").websocket().expect(101, ws_refused("missing_token", 4001)));
     t.push(case("stream: handshake with a used token", "GET", format!("/v1/stream?token={used}")).websocket().expect(101, ws_refused("token_already_used", 4003)));
     t.push(case("stream: handshake with an expired token", "GET", format!("/v1/stream?token={expired}")).websocket().expect(101, ws_refused("token_expired", 4002)));
@@ -675,6 +734,45 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     t.push(case("stream: handshake with a token type the stream does not admit", "GET", format!("/v1/stream?token={chat_token}")).websocket().expect(101, ws_refused("wrong_token_type", 4001)));
     t.push(case("stream: handshake with token given twice", "GET", format!("/v1/stream?token={good}&token={good}")).websocket().expect(101, ws_refused("missing_token", 4001)));
     t.push(case("stream: handshake with max_session_duration_seconds u32::MAX (forged, outside what we mint)", "GET", format!("/v1/stream?token={}", forge.sign_claims(&forge.claims_with("max_session_duration_seconds", json!(u32::MAX))))).websocket().expect(101, Expect::WsRefused { code: "invalid_token", close: 4001 }));
+
+    // ---- /v1/forward-auth (any method) ---------------------------------------------------------
+    let fwd = |what: &str, method: &str| case(format!("forward-auth: {what}"), method, FORWARD_AUTH).header("X-Streamtoken-Api-Key", dev);
+    let original = |token: &str| format!("/ws/echo?lang=en&token={token}");
+    t.push(fwd("a fresh token in X-Original-URI (control)", "GET").header("X-Original-URI", original(&fresh())).expect(200, Expect::Granted));
+    t.push(fwd("a fresh token in X-Forwarded-Uri (Caddy, Traefik)", "GET").header("X-Forwarded-Uri", original(&fresh())).expect(200, Expect::Granted));
+    t.push(fwd("a fresh token in Authorization: Bearer", "GET").bearer(&fresh()).expect(200, Expect::Granted));
+    t.push(fwd("a fresh token in Authorization: Token", "GET").header("Authorization", format!("Token {}", fresh())).expect(200, Expect::Granted));
+    t.push(fwd("a fresh token bare in Authorization", "GET").header("Authorization", fresh()).expect(200, Expect::Granted));
+    t.push(fwd("a fresh token in the bearer subprotocol", "GET").header("Sec-WebSocket-Protocol", format!("bearer, {}", fresh())).expect(200, Expect::Granted));
+    t.push(fwd("POST with a body, which is not read", "POST").header("X-Original-URI", original(&fresh())).json(r#"{"token":"not this"}"#).expect(200, Expect::Granted));
+    t.push(fwd("HEAD", "HEAD").header("X-Original-URI", original(&fresh())).expect(200, Expect::Granted));
+    t.push(fwd("an extension method", "BREW").header("X-Original-URI", original(&fresh())).expect(200, Expect::Granted));
+    t.push(case("forward-auth: no API key", "GET", FORWARD_AUTH).header("X-Original-URI", original(&good)).expect(401, denied("missing_api_key")));
+    t.push(case("forward-auth: the key in Authorization is the client's token, not a key", "GET", FORWARD_AUTH).bearer(dev).header("X-Original-URI", original(&good)).expect(401, denied("missing_api_key")));
+    t.push(case("forward-auth: an empty X-Streamtoken-Api-Key", "GET", FORWARD_AUTH).header("X-Streamtoken-Api-Key", " ").expect(401, denied("missing_api_key")));
+    t.push(case("forward-auth: an unknown key", "GET", FORWARD_AUTH).header("X-Streamtoken-Api-Key", &near_miss).expect(401, denied("invalid_api_key")));
+    t.push(case("forward-auth: a 10 KB key", "GET", FORWARD_AUTH).header("X-Streamtoken-Api-Key", &long_key).expect(401, denied("invalid_api_key")));
+    t.push(case("forward-auth: a key that is not UTF-8", "GET", FORWARD_AUTH).header("X-Streamtoken-Api-Key", b"st_\xff\xfe").expect(401, denied("missing_api_key")));
+    t.push(case("forward-auth: a mint-only key", "GET", FORWARD_AUTH).header("X-Streamtoken-Api-Key", mint_only).header("X-Original-URI", original(&good)).expect(403, denied("forbidden")));
+    t.push(fwd("no token anywhere", "GET").expect(401, denied("missing_token")));
+    t.push(fwd("an original URI without a query", "GET").header("X-Original-URI", "/ws/echo").expect(401, denied("missing_token")));
+    t.push(fwd("the token given twice in the original URI", "GET").header("X-Original-URI", format!("/ws/echo?token={good}&token={good}")).expect(401, denied("missing_token")));
+    t.push(case("forward-auth: a token in forward-auth's own query is not the client's", "GET", format!("{FORWARD_AUTH}?token={good}")).header("X-Streamtoken-Api-Key", dev).expect(401, denied("missing_token")));
+    t.push(fwd("token=%FF in the original URI", "GET").header("X-Original-URI", "/ws/echo?token=%FF").expect(401, denied_token("malformed")));
+    t.push(fwd("raw non-UTF-8 bytes in the original URI", "GET").header("X-Original-URI", b"/ws/\xff?\xfe=\xfd").expect(401, denied("missing_token")));
+    t.push(fwd("Basic credentials in Authorization are not a token", "GET").header("Authorization", "Basic dXNlcjpwYXNz").expect(401, denied("missing_token")));
+    t.push(fwd("a used token (401, not redeem's 409: nginx passes only 401 and 403)", "GET").header("X-Original-URI", original(&used)).expect(401, Expect::Denied { code: "token_already_used", reason: Some("already_used") }));
+    t.push(fwd("an expired token", "GET").header("X-Original-URI", original(&expired)).expect(401, Expect::Denied { code: "token_expired", reason: Some("expired") }));
+    t.push(fwd("alg none", "GET").header("X-Original-URI", original(&none)).expect(401, denied_token("algorithm_not_allowed")));
+    t.push(fwd("a token over 8 KiB (10 KB kid)", "GET").header("X-Original-URI", original(&kid_10k)).expect(401, denied_token("malformed")));
+    t.push(fwd("exp ten years ahead", "GET").header("X-Original-URI", original(&far_future)).expect(401, denied_token("excessive_lifetime")));
+    t.push(fwd("one bit flipped in the signature", "GET").header("X-Original-URI", original(&flip_bit(&good, 2))).expect(401, denied_token("bad_signature")));
+    t.push(fwd("a token type the stream does not admit", "GET").header("X-Original-URI", original(&chat_token)).expect(403, denied("wrong_token_type")));
+    t.push(fwd("another org's token, by an org-bound key", "GET").header("X-Original-URI", original(&acme_token())).expect(403, denied("wrong_org")));
+    let mut acme_chat = forge.claims_with("org", json!("acme"));
+    acme_chat["token_type"] = json!("chat");
+    let acme_chat = forge.sign_claims(&acme_chat);
+    t.push(fwd("another org's token of another type: the org is judged first", "GET").header("X-Original-URI", original(&acme_chat)).expect(403, denied("wrong_org")));
 
     // ---- GET /v1/usage ------------------------------------------------------------------------
     t.push(case("usage: dev key (control)", "GET", "/v1/usage").bearer(dev).expect(200, Expect::Fields(USAGE)));
@@ -905,7 +1003,7 @@ fn every_route_answers_every_hostile_request_in_its_own_envelope_and_never_with_
     let server = start_server(&[]);
     let (address, keys, forge) = (&server.address, &server.keys, &server.forge);
     let mut tokens = Tokens {
-        fresh: (0..4).map(|_| mint(address, &keys.dev)).collect(),
+        fresh: (0..16).map(|_| mint(address, &keys.dev)).collect(),
         used: mint(address, &keys.dev),
     };
     redeem(address, &keys.dev, &tokens.used);

@@ -1,6 +1,6 @@
 //! `GET /v1/stream`, the reference streaming gateway, as a WebSocket client sees it: the
 //! `session_begins` frame and the echo, one error frame and a close code per refusal, the
-//! session's own deadline, idle timeout and heartbeat, the three ways to present a token,
+//! session's own deadline, idle timeout and heartbeat, the five ways to present a token,
 //! graceful shutdown (in-process and the real binary on SIGTERM), a token-free access log, and
 //! the `Redeemed` extractor embedded in another actix-web service.
 //!
@@ -554,6 +554,55 @@ async fn a_token_in_an_authorization_bearer_header_opens_a_session() {
 }
 
 #[tokio::test]
+async fn a_token_in_authorization_as_token_scheme_or_bare_as_the_assemblyai_sdk_sends_it_opens_a_session(
+) {
+    for (form, value) in [
+        ("Token scheme", "Token {}"),
+        ("bare", "{}"),
+        ("Token scheme in lower case", "token {}"),
+    ] {
+        // Arrange
+        let app = spawn_app().await;
+        let (request, jti) = handshake_presenting(&app, header::AUTHORIZATION, |token| {
+            value.replace("{}", token)
+        })
+        .await;
+
+        // Act
+        let (mut ws, _) = connect(request).await;
+
+        // Assert
+        expect_session_of(&mut ws, &jti).await;
+        assert_echoed(&mut ws, Message::text(form)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_authorization_that_is_not_shaped_like_a_token_is_not_taken_for_one() {
+    // Arrange: an API key or Basic credentials in Authorization, the token in the subprotocol.
+    let app = spawn_app().await;
+    for authorization in [app.api_key.clone(), "Basic dXNlcjpwYXNz".to_owned()] {
+        let (token, jti) = mint(&app, json!({})).await;
+        let mut request = app.ws_url(STREAM).into_client_request().unwrap();
+        let headers = request.headers_mut();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&authorization).unwrap(),
+        );
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_str(&format!("bearer, {token}")).unwrap(),
+        );
+
+        // Act
+        let (mut ws, _) = connect(request).await;
+
+        // Assert
+        expect_session_of(&mut ws, &jti).await;
+    }
+}
+
+#[tokio::test]
 async fn a_token_offered_as_the_bearer_subprotocol_opens_a_session_and_the_server_answers_bearer() {
     // Arrange
     let app = spawn_app().await;
@@ -892,13 +941,24 @@ async fn an_embedding_service_redeems_a_bearer_token_once_with_the_redeemed_extr
     assert_eq!(envelope_code(status, &body), (401, "missing_token".into()));
 
     // Each presentation is recognised, each with a fresh token.
-    for source in ["Query", "BearerHeader", "Subprotocol"] {
+    for source in [
+        "Query",
+        "BearerHeader",
+        "TokenHeader",
+        "RawHeader",
+        "Subprotocol",
+    ] {
         let (token, _) = mint(&app, json!({})).await;
+        let authorization = |value: String| {
+            actix_test::TestRequest::get()
+                .uri("/source")
+                .insert_header(("authorization", value))
+        };
         let request = match source {
             "Query" => actix_test::TestRequest::get().uri(&format!("/source?token={token}")),
-            "BearerHeader" => actix_test::TestRequest::get()
-                .uri("/source")
-                .insert_header(("authorization", format!("Bearer {token}"))),
+            "BearerHeader" => authorization(format!("Bearer {token}")),
+            "TokenHeader" => authorization(format!("Token {token}")),
+            "RawHeader" => authorization(token.clone()),
             _ => actix_test::TestRequest::get()
                 .uri("/source")
                 .insert_header(("sec-websocket-protocol", format!("bearer, {token}"))),

@@ -1,5 +1,7 @@
 """Uses only the client generated from openapi.yaml: mint via /v1/tokens (Bearer key) and via
-/v3/token (raw `Authorization: <key>`), redeem both, and check a second redemption is refused."""
+/v3/token (raw `Authorization: <key>`), redeem both, and check a second redemption is refused;
+then mint once more and ask /v1/forward-auth as a proxy would (its key in X-Streamtoken-Api-Key):
+granted once with the identity headers, refused with 401 the second time."""
 import os
 import sys
 
@@ -8,6 +10,7 @@ sys.path.insert(0, os.environ["GENERATED_CLIENT_DIR"])
 from streamtoken_client import AuthenticatedClient  # noqa: E402
 from streamtoken_client.api.default import (  # noqa: E402
     generate_streaming_token,
+    get_v1_forward_auth,
     introspect_token,
     mint_token,
     redeem_token,
@@ -52,5 +55,18 @@ for name, token, token_type in [("/v1/tokens", minted.token, "realtime"), ("/v3/
     assert isinstance(second.parsed, Error), (name, second.parsed)
     assert second.parsed.error.code == "token_already_used", (name, second.parsed)
     print(f"client flow: {name} token redeemed once, second redemption refused with 409")
+
+proxy = AuthenticatedClient(base_url=base_url, token=key, prefix="", auth_header_name="X-Streamtoken-Api-Key")
+token = mint_token.sync(client=bearer, body=MintRequest(ctx={"sessionId": "s-1"})).token
+asked = lambda: get_v1_forward_auth.sync_detailed(client=proxy, x_original_uri=f"/ws/asr?token={token}")
+granted = asked()
+assert granted.status_code == 200, (granted.status_code, granted.content)
+assert granted.headers["x-streamtoken-org"] == "dev", granted.headers
+assert granted.headers["x-streamtoken-ctx"] == '{"sessionId":"s-1"}', granted.headers
+refused = asked()
+assert refused.status_code == 401, (refused.status_code, refused.content)
+assert isinstance(refused.parsed, Error) and refused.parsed.error.code == "token_already_used", refused.parsed
+assert refused.headers["x-streamtoken-error"] == "token_already_used", refused.headers
+print("client flow: /v1/forward-auth granted once, then refused with 401 token_already_used")
 
 print("client flow: OK")

@@ -53,6 +53,7 @@ echo "== schemathesis against $url"
 "$venv/bin/schemathesis" --config-file tests/contract/schemathesis.toml run openapi.yaml \
     --url "$url" \
     --header "Authorization: Bearer $key" \
+    --header "X-Streamtoken-Api-Key: $key" \
     --checks all --mode all \
     --exclude-path /v1/stream \
     --max-examples "${CONTRACT_MAX_EXAMPLES:-50}" \

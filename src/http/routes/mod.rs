@@ -2,6 +2,7 @@
 
 mod compat;
 mod demo;
+mod forward_auth;
 mod ops;
 mod proxy;
 mod stream;
@@ -47,6 +48,10 @@ pub fn configure(
     ] {
         cfg.service(endpoint(path, canonical, vec![(method, route)]));
     }
+    // Proxies differ in the method of their auth request (some keep the client's): serve all.
+    cfg.service(
+        web::resource("/v1/forward-auth").route(web::route().to(forward_auth::forward_auth)),
+    );
     compat::configure(cfg, compat_families);
 }
 

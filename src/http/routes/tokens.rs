@@ -17,7 +17,6 @@ use crate::http::issuance::issue;
 use crate::http::json_body::read_json;
 use crate::http::state::AppState;
 use crate::input::{integer_from_json, InvalidParam};
-use crate::tenancy::api_keys::Scope;
 use crate::token::claims::Claims;
 use crate::token::mint::{MintRequest, MintedToken};
 use crate::token::params::{Ctx, ExpiresIn, SessionDuration, TokenType, Uses};
@@ -150,13 +149,12 @@ impl FromRequest for TokenToCheck {
         let caller = Caller::from_request(&req, payload).into_inner();
         let payload = web::Payload::from_request(&req, payload).into_inner();
         Box::pin(async move {
-            let caller = caller?;
-            caller.require(Scope::Redeem)?;
+            let policy = caller?.redeem_policy()?;
             let payload = payload.map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
             let body = read_json::<TokenBody>(&req, payload).await?;
             Ok(TokenToCheck {
                 token: body.into_token()?,
-                policy: caller.gateway_policy(),
+                policy,
             })
         })
     }

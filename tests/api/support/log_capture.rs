@@ -19,6 +19,9 @@ static OWNERS: Mutex<Vec<(u64, HashSet<u64>)>> = Mutex::new(Vec::new());
 /// Held while an app starts, so the threads that appear in that window are that app's.
 static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static NEXT_APP: AtomicU64 = AtomicU64::new(1);
+/// Lines kept for tests that read them back: `(watch id, needle, lines containing it)`.
+static WATCHES: Mutex<Vec<(u64, String, Vec<String>)>> = Mutex::new(Vec::new());
+static NEXT_WATCH: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leak {
@@ -41,6 +44,11 @@ impl log::Log for LeakDetector {
         }
         let line = format!("{} {}: {}", record.level(), record.target(), record.args());
         *lock(&LINES) += 1;
+        for (_, needle, lines) in lock(&WATCHES).iter_mut() {
+            if line.contains(needle.as_str()) {
+                lines.push(line.clone());
+            }
+        }
         if looks_secret(&line) {
             lock(&LEAKS).push(Leak {
                 thread: current_thread(),
@@ -149,6 +157,32 @@ fn blame(
         }
     }
     (blamed, kept)
+}
+
+/// Keeps every line containing `needle` written while it lives (from any thread), so a test can
+/// show that the lines it means to judge were written at all.
+pub struct Watch(u64);
+
+pub fn watch(needle: &str) -> Watch {
+    let id = NEXT_WATCH.fetch_add(1, Ordering::Relaxed);
+    lock(&WATCHES).push((id, needle.to_owned(), Vec::new()));
+    Watch(id)
+}
+
+impl Watch {
+    pub fn lines(&self) -> Vec<String> {
+        lock(&WATCHES)
+            .iter()
+            .find(|(id, _, _)| *id == self.0)
+            .map(|(_, _, lines)| lines.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        lock(&WATCHES).retain(|(id, _, _)| *id != self.0);
+    }
 }
 
 pub fn lines_seen() -> usize {

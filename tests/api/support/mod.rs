@@ -3,6 +3,7 @@ pub mod fields;
 pub mod forge;
 pub mod keys;
 pub mod log_capture;
+pub mod nginx;
 pub mod outcomes;
 pub mod process;
 pub mod raw_http;

@@ -6,6 +6,8 @@ pub const REDEEM: &str = "/v1/tokens/redeem";
 pub const INTROSPECT: &str = "/v1/tokens/introspect";
 /// The reference streaming gateway (a WebSocket).
 pub const STREAM: &str = "/v1/stream";
+/// A reverse proxy's auth subrequest (any method).
+pub const FORWARD_AUTH: &str = "/v1/forward-auth";
 pub const ASSEMBLYAI: &str = "/v3/token";
 pub const ELEVENLABS_SCRIBE: &str = "/v1/single-use-token/realtime_scribe";
 pub const ELEVENLABS_TTS: &str = "/v1/single-use-token/tts_websocket";

@@ -84,7 +84,7 @@ pub(super) fn render_error(e: &ApiError) -> HttpResponse {
         ApiError::InvalidParam(invalid) if invalid.field == TTL.bounds().field => {
             (INVALID_TTL, "invalid_ttl")
         }
-        ApiError::MissingApiKey | ApiError::InvalidApiKey => (
+        ApiError::MissingApiKey(_) | ApiError::InvalidApiKey => (
             "Unauthorized. Please provide a valid secret key.",
             "unauthorized",
         ),

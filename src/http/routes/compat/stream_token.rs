@@ -74,7 +74,7 @@ pub(super) fn render_error(e: &ApiError) -> HttpResponse {
                 code: "invalid_ttl",
             })
         }
-        ApiError::MissingApiKey | ApiError::InvalidApiKey => (UNAUTHORIZED, None),
+        ApiError::MissingApiKey(_) | ApiError::InvalidApiKey => (UNAUTHORIZED, None),
         ApiError::InsufficientCredits => (NO_CREDITS, Some("invalid_billing")),
         ApiError::RateLimited { .. } => (RATE_LIMITED, None),
         ApiError::Unexpected(_) => (FAILED, Some("internal_server_error")),
