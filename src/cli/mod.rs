@@ -149,6 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
+    crate::http::memory::fix_allocator_thresholds();
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         let state = app.state();
