@@ -151,6 +151,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
+    crate::http::memory::fix_allocator_thresholds();
     actix_web::rt::System::new().block_on(async move {
         // Taken before the keyring loads, so a change made while the server starts is seen.
         let follow_keys = settings
