@@ -24,6 +24,20 @@ pub async fn stop_gracefully(state: &AppState, server: &actix_web::dev::ServerHa
     server.stop(true).await;
 }
 
+/// Connections the kernel queues before they are accepted. std's `bind` asks for 128, which a
+/// reconnect storm (thousands of clients after a deploy) overflows: each dropped SYN costs that
+/// client a one-second retransmit.
+const ACCEPT_BACKLOG: i32 = 4096;
+
+fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(ACCEPT_BACKLOG)?;
+    Ok(socket.into())
+}
+
 pub struct Application {
     address: SocketAddr,
     server: Server,
@@ -57,7 +71,7 @@ impl Application {
                 settings.bind
             );
         }
-        let listener = TcpListener::bind(settings.bind)
+        let listener = listen(settings.bind)
             .with_context(|| format!("binding STREAMTOKEN_BIND={}", settings.bind))?;
         let address = listener.local_addr()?;
         let tls_config = match &tls {
