@@ -134,8 +134,10 @@ stop_server
 
 echo "starting a 3-master Redis Cluster…"
 seeds=()
+# A cluster node also listens on port + 10000 (its bus), so take ports with room above them.
+cluster_port() { local p; while :; do p="$(free_port)"; [ "$p" -le 55535 ] && echo "$p" && return; done; }
 for _ in 1 2 3; do
-    port="$(free_port)"; mkdir -p "$work/cluster-$port"
+    port="$(cluster_port)"; mkdir -p "$work/cluster-$port"
     (cd "$work/cluster-$port" && exec redis-server --port "$port" --bind 127.0.0.1 --save "" \
         --appendonly no --cluster-enabled yes --cluster-config-file nodes.conf \
         --cluster-node-timeout 1000 > redis.log 2>&1) &

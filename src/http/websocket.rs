@@ -73,16 +73,43 @@ struct ErrorFrame {
     message: String,
 }
 
+/// The wire format of a refusal's error frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `{"type":"error","code":"token_already_used","message":"…"}`
+    Canonical,
+    /// AssemblyAI's `{"type":"Error","error":"…","error_code":4003}`: its SDK hands this to
+    /// `on_error` with our message, where for a bare close it would show its own text for the
+    /// code (4003 reads "This feature is paid-only…").
+    AssemblyAi,
+}
+
+#[derive(Serialize)]
+struct AssemblyAiErrorFrame {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: String,
+    error_code: u16,
+}
+
 /// Tells a refused client why, in one JSON frame and the close code, each bounded by
 /// `CLOSE_WAIT` (a client that does not read cannot hold the task).
-pub async fn refuse(mut session: Session, error: &ApiError) {
-    let frame = ErrorFrame {
-        kind: "error",
-        code: error.code(),
-        message: error.message(),
+pub async fn refuse(mut session: Session, error: &ApiError, dialect: Dialect) {
+    let reason = close_reason_for(error);
+    let frame = match dialect {
+        Dialect::Canonical => to_json(&ErrorFrame {
+            kind: "error",
+            code: error.code(),
+            message: error.message(),
+        }),
+        Dialect::AssemblyAi => to_json(&AssemblyAiErrorFrame {
+            kind: "Error",
+            error: error.message(),
+            error_code: u16::from(reason.code),
+        }),
     };
-    let _ = tokio::time::timeout(CLOSE_WAIT, session.text(to_json(&frame))).await;
-    let closing = session.close(Some(close_reason_for(error)));
+    let _ = tokio::time::timeout(CLOSE_WAIT, session.text(frame)).await;
+    let closing = session.close(Some(reason));
     let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
 }
 
@@ -119,3 +146,12 @@ pub fn close(code: u16, description: &str) -> CloseReason {
 /// deadline, idle timeout and shutdown fire whatever the client does; while one is pending the
 /// loop stops reading (backpressure) and a send that outlasts the send timeout ends the session.
 pub type Sending = Pin<Box<dyn Future<Output = Result<(), Closed>>>>;
+
+/// The frame in flight, if any, to completion: a `select!` arm guarded by `slot.is_some()`
+/// (never ready when the slot is empty). The deadline beside it is the caller's.
+pub async fn in_flight<F: Future + Unpin, D>(slot: &mut Option<(F, D)>) -> F::Output {
+    match slot.as_mut() {
+        Some((frame, _)) => frame.await,
+        None => std::future::pending().await,
+    }
+}

@@ -197,7 +197,7 @@ async fn upstream_away_then_back(redis: Option<streamtoken::settings::RedisSetti
         .port();
     let app = spawn_app_with(Options {
         proxy: vec![ProxyRoute {
-            path: "/v3/ws".into(),
+            path: "/rt".into(),
             upstream: format!("ws://127.0.0.1:{port}/v3/ws"),
         }],
         redis,
@@ -207,13 +207,13 @@ async fn upstream_away_then_back(redis: Option<streamtoken::settings::RedisSetti
     let token = app.mint_token(json!({})).await;
 
     // Act
-    let mut first = open(&app, &format!("/v3/ws?token={token}")).await;
+    let mut first = open(&app, &format!("/rt?token={token}")).await;
     let refused = refusal(&mut first).await;
     let upstream = Upstream::start_on(port, Behaviour::Echo).await;
-    let mut retry = open(&app, &format!("/v3/ws?token={token}")).await;
+    let mut retry = open(&app, &format!("/rt?token={token}")).await;
     retry.send(Message::text("again")).await.unwrap();
     let echoed = next_data(&mut retry).await;
-    let mut third = open(&app, &format!("/v3/ws?token={token}")).await;
+    let mut third = open(&app, &format!("/rt?token={token}")).await;
     let reused = refusal(&mut third).await;
 
     // Assert
@@ -333,4 +333,36 @@ async fn a_proxy_route_refuses_like_the_stream_and_consumes_nothing_it_refuses()
         200,
         "the chat token is unused"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_assemblyais_streaming_path_a_refusal_speaks_assemblyais_error_frame() {
+    // Arrange
+    let upstream = Upstream::start(Behaviour::Echo).await;
+    let app = app_proxying(
+        &[("/v3/ws", upstream.url("/v3/ws"))],
+        StreamSettings::default(),
+    )
+    .await;
+    let used = app.mint_token(json!({})).await;
+    assert_eq!(app.redeem(&used).await.status(), 200);
+
+    // Act
+    let mut ws = open(&app, &format!("/v3/ws?token={used}")).await;
+    let frame: Value = match next_data(&mut ws).await {
+        Message::Text(text) => serde_json::from_str(text.as_str()).unwrap(),
+        other => panic!("expected an error frame, got {other:?}"),
+    };
+    let closed = close_of(&next_data(&mut ws).await);
+
+    // Assert: the AssemblyAI SDK reads only this shape; the close code is the usual one.
+    assert_eq!(
+        frame,
+        json!({
+            "type": "Error",
+            "error": "the token has already been used (already_used)",
+            "error_code": 4003
+        })
+    );
+    assert_eq!(closed.0, 4003);
 }

@@ -34,7 +34,9 @@ use crate::http::connection::ConnectionSocket;
 use crate::http::error::ApiError;
 use crate::http::identity::identity_headers;
 use crate::http::state::AppState;
-use crate::http::websocket::{admit, close, refuse, Sending, CLOSE_WAIT, MAX_FRAME_BYTES};
+use crate::http::websocket::{
+    admit, close, in_flight, refuse, Dialect, Sending, CLOSE_WAIT, MAX_FRAME_BYTES,
+};
 use crate::settings::{ProxyRoute, StreamSettings};
 
 /// Longest wait for the upstream's handshake before the client gets 1013.
@@ -70,6 +72,7 @@ pub async fn relay(
             ApiError::InvalidRequest(format!("GET {} must be a WebSocket upgrade", route.path))
         })?;
     let admitted = admit(&req, &state).await;
+    let dialect = refusal_dialect(&route.path);
     let query = query_without_token(req.query_string());
     let socket = ConnectionSocket::of(&req);
     actix_web::rt::spawn(async move {
@@ -92,10 +95,10 @@ pub async fn relay(
                     log::warn!("proxy {}: upstream unavailable: {why}", route.path);
                     // Phase two failed: give the use back so the client can retry.
                     let _ = state.redeemer.release(&redemption).await;
-                    refuse(session, &ApiError::UpstreamUnavailable).await;
+                    refuse(session, &ApiError::UpstreamUnavailable, dialect).await;
                 }
             },
-            Err(error) => refuse(session, &error).await,
+            Err(error) => refuse(session, &error, dialect).await,
         }
         if let Some(socket) = socket {
             socket.end_within(CLOSE_WAIT).await;
@@ -104,6 +107,18 @@ pub async fn relay(
     });
     Ok(response)
 }
+
+/// AssemblyAI's streaming path gets AssemblyAI's error frame, so its SDK shows our reason.
+fn refusal_dialect(path: &str) -> Dialect {
+    if path == ASSEMBLYAI_STREAMING_PATH {
+        Dialect::AssemblyAi
+    } else {
+        Dialect::Canonical
+    }
+}
+
+/// Where AssemblyAI's SDKs open their streaming WebSocket.
+pub const ASSEMBLYAI_STREAMING_PATH: &str = "/v3/ws";
 
 /// The client's query string without its `token` parameter(s).
 fn query_without_token(query: &str) -> String {
@@ -221,23 +236,13 @@ async fn run_relay(
             _ = sleep_until(upstream_by.unwrap_or(deadline)), if upstream_by.is_some() => {
                 break Ending { client: Some(close(1011, "upstream not reading")), upstream: None };
             }
-            sent = async {
-                match to_client.as_mut() {
-                    Some((send, _)) => send.await,
-                    None => std::future::pending().await,
-                }
-            }, if to_client.is_some() => {
+            sent = in_flight(&mut to_client), if to_client.is_some() => {
                 to_client = None;
                 if sent.is_err() {
                     break Ending { client: None, upstream: Some(upstream_close(1001, "client gone")) };
                 }
             }
-            (sink, relayed) = async {
-                match to_upstream.as_mut() {
-                    Some((relay, _)) => relay.await,
-                    None => std::future::pending().await,
-                }
-            }, if to_upstream.is_some() => {
+            (sink, relayed) = in_flight(&mut to_upstream), if to_upstream.is_some() => {
                 to_upstream = None;
                 idle_sink = Some(sink);
                 if relayed.is_err() {

@@ -20,7 +20,9 @@ use crate::gateway::BEARER_SUBPROTOCOL;
 use crate::http::connection::ConnectionSocket;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
-use crate::http::websocket::{admit, close, refuse, to_json, Sending, CLOSE_WAIT, MAX_FRAME_BYTES};
+use crate::http::websocket::{
+    admit, close, in_flight, refuse, to_json, Dialect, Sending, CLOSE_WAIT, MAX_FRAME_BYTES,
+};
 use crate::settings::StreamSettings;
 
 pub async fn stream(
@@ -46,7 +48,7 @@ pub async fn stream(
                 run_session(session, messages, redemption, settings, shutdown).await;
             }
             Err(error) => {
-                refuse(session, &error).await;
+                refuse(session, &error, Dialect::Canonical).await;
             }
         }
         // Whatever the client does, the connection ends: a client that stopped reading would
@@ -123,12 +125,7 @@ async fn run_session(
             _ = sleep_until(send_by.unwrap_or(deadline)), if send_by.is_some() => {
                 break Some(close(1008, "client not reading"));
             }
-            sent = async {
-                match sending.as_mut() {
-                    Some((send, _)) => send.await,
-                    None => std::future::pending().await,
-                }
-            }, if sending.is_some() => {
+            sent = in_flight(&mut sending), if sending.is_some() => {
                 sending = None;
                 if sent.is_err() {
                     break None;

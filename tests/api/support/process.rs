@@ -12,6 +12,12 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_streamtoken");
 
+/// Where Debian's `faketime` package puts the multi-threaded libfaketime.
+const LIBFAKETIME: [&str; 2] = [
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+];
+
 /// Runs a CLI command against `keys_dir` and returns its stdout; panics on failure.
 pub fn cli(keys_dir: &Path, args: &[&str]) -> String {
     let output = Command::new(BIN)
@@ -41,22 +47,26 @@ impl ServerProcess {
         Self::spawn_command(Command::new(BIN), keys_dir, env)
     }
 
-    /// A server whose clock runs `offset_seconds` off the host's (libfaketime), or `None`
-    /// (recorded as a skip; a failure under `CI=true`) when `faketime` is not installed.
+    /// A server whose clock runs `offset_seconds` off the host's (libfaketime, preloaded into the
+    /// server itself: the `faketime` wrapper would fork it, and killing the wrapper would orphan
+    /// the server), or `None` (recorded as a skip; a failure under `CI=true`) when libfaketime is
+    /// not installed.
     pub fn spawn_with_clock_offset(
         keys_dir: &Path,
         env: &[(&str, &str)],
         offset_seconds: i64,
     ) -> Option<ServerProcess> {
-        if !super::redis_server::on_path("faketime") {
+        let Some(library) = LIBFAKETIME.iter().find(|path| Path::new(path).exists()) else {
             if super::skips::on_ci() {
-                panic!("faketime is required when CI=true; install it with apt-get install -y faketime");
+                panic!("libfaketime is required when CI=true; install it with apt-get install -y faketime");
             }
-            super::skips::record("faketime not found (apt-get install -y faketime)");
+            super::skips::record("libfaketime not found (apt-get install -y faketime)");
             return None;
-        }
-        let mut command = Command::new("faketime");
-        command.args(["-f", &format!("{offset_seconds:+}s"), BIN]);
+        };
+        let mut command = Command::new(BIN);
+        command
+            .env("LD_PRELOAD", library)
+            .env("FAKETIME", format!("{offset_seconds:+}s"));
         Some(Self::spawn_command(command, keys_dir, env))
     }
 
