@@ -57,7 +57,7 @@ peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$server_pid/statu
 
 rows=()
 ceiling=""; ceiling_p99=""
-declare -A rps_of
+declare -A rps_of ratio_of
 # wrk's latency ("845.00us", "5.45ms", "1.20s") in milliseconds.
 to_ms() { python3 -c "v='$1'; print(float(v[:-2])/1000 if v.endswith('us') else float(v[:-2]) if v.endswith('ms') else float(v[:-1])*1000)"; }
 
@@ -90,6 +90,7 @@ run() {
     ratio="$(python3 -c "print(f'{$rps/$ceiling:.2f}')")"
     p99_ratio="$(python3 -c "print(f'{$(to_ms "$p99")/$(to_ms "$ceiling_p99"):.1f}×')")"
     rps_of["$name"]="$rps"
+    ratio_of["$name"]="$ratio"
     rows+=("| $name | $(printf '%.0f' "$rps") | $p50 | $p99 | $ratio | $p99_ratio | $(peak_rss_mib) MiB | ${non2xx:-0} |")
     echo "  $name: $(printf '%.0f' "$rps") req/s ($ratio of the ceiling's $(printf '%.0f' "$ceiling")), p50 $p50, p99 $p99 ($p99_ratio the ceiling's $ceiling_p99), non-2xx ${non2xx:-0}"
 }
@@ -214,7 +215,9 @@ printf '%s\n' "${rows[@]}"
 echo
 echo "Bare actix-web ceiling (req/s / p99), measured before each run: ${ceiling_runs[*]}."
 echo
-ratio() { python3 -c "print(f'{${rps_of[$1]}/${rps_of[$2]}:.2f}')"; }
+# Compared through each run's own ceiling, so a machine that slowed between two runs does not
+# pass for a slower route.
+ratio() { python3 -c "print(f'{${ratio_of[$1]}/${ratio_of[$2]}:.2f}')"; }
 echo "Minting with the Redis store (process quota) / with the memory store: $(ratio "POST /v1/tokens (mint, Redis store, process quota)" "POST /v1/tokens (mint)")."
 echo "Redemption on the cluster / on one Redis: $(ratio "POST /v1/tokens/redeem (Redis Cluster, 3 masters)" "POST /v1/tokens/redeem (Redis store)"); on one Redis / memory: $(ratio "POST /v1/tokens/redeem (Redis store)" "POST /v1/tokens/redeem (memory store)")."
 echo "| connection storm ($storm_sessions sessions, 200 at a time) | sessions/s | p99 open → first frame | server RSS per open idle session |"
