@@ -385,11 +385,6 @@ impl ReplayStore for RedisStore {
                 .arg(credit_limit)
                 .arg(use_of.outlive_seconds);
             pipe.add_command(consume);
-            if self.replica_acks > 0 {
-                pipe.cmd("WAIT")
-                    .arg(self.replica_acks)
-                    .arg(self.wait_millis());
-            }
             pipe
         };
         let replies = match self.pipeline(build).await {
@@ -426,13 +421,16 @@ impl ReplayStore for RedisStore {
             return Err(not_persistent(&persistence));
         }
         if self.replica_acks > 0 {
-            let acknowledged = match replies.next() {
-                Some(Value::Int(n)) => *n,
-                _ => 0,
-            };
+            let acknowledged = self.replicas_holding(&entry).await.unwrap_or(0);
             if acknowledged < i64::from(self.replica_acks) {
                 // A failover now could forget this use: take it back and let the client retry.
-                self.release_marked(&entry, &redeemed, &marker).await?;
+                if self
+                    .release_marked(&entry, &redeemed, &marker)
+                    .await
+                    .is_err()
+                {
+                    self.release_after_timeout(&entry, &redeemed, &marker);
+                }
                 return Err(StoreUnavailable(format!(
                     "{acknowledged} of the {} Redis replicas required \
                      (STREAMTOKEN_REDIS_REPLICA_ACKS) acknowledged the use in time",
@@ -469,6 +467,24 @@ impl ReplayStore for RedisStore {
 }
 
 impl RedisStore {
+    /// How many replicas hold every write so far on the connection to the node of `key` (Redis
+    /// `WAIT`). Asked only after a use was recorded: a refusal wrote nothing and need not wait,
+    /// and `WAIT` holds up that node's shared connection while it waits. The keyed `HLEN` in
+    /// front routes the pipeline to that node (a bare `WAIT` would go to every master).
+    async fn replicas_holding(&self, key: &str) -> Result<i64, StoreUnavailable> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HLEN").arg(key).ignore();
+        pipe.cmd("WAIT")
+            .arg(self.replica_acks)
+            .arg(self.wait_millis());
+        let mut conn = self.conn.clone();
+        let (acknowledged,): (i64,) = self
+            .run(async move { pipe.query_async(&mut conn).await })
+            .await?
+            .map_err(|e| StoreUnavailable(e.to_string()))?;
+        Ok(acknowledged)
+    }
+
     /// How long `WAIT` may block: within the store timeout, leaving time to take the use back.
     fn wait_millis(&self) -> u64 {
         (self.timeout.as_millis() as u64 * 3 / 4).max(1)

@@ -137,7 +137,8 @@ async fn redeem_each_until_answered(
     tokens: &[String],
 ) -> Vec<String> {
     let mut outcomes = redeem_each(api_key, urls, tokens, 0).await;
-    for _ in 0..50 {
+    let deadline = Instant::now() + FAILOVER_DEADLINE;
+    while Instant::now() < deadline {
         let retry: Vec<usize> = (0..tokens.len())
             .filter(|&i| outcomes[i] == UNAVAILABLE)
             .collect();
