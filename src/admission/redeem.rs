@@ -155,7 +155,7 @@ impl Redeemer {
             .verify(token, &keyring)
             .map_err(RedeemError::Rejected)?;
         policy.check(&claims).map_err(RedeemError::Rejected)?;
-        let attempt = uuid::Uuid::new_v4();
+        let attempt = crate::random::uuid_v4();
         let consumed = self
             .store
             .consume_once(self.use_of(&claims, attempt, &keyring))

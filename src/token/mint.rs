@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use crate::keys::keyring::KeyringHandle;
 use crate::settings::TokenSettings;
@@ -65,7 +64,7 @@ impl Minter {
             aud: self.settings.audience.clone(),
             org: org.as_str().to_owned(),
             token_type: request.token_type.as_str().to_owned(),
-            jti: Uuid::new_v4(),
+            jti: crate::random::uuid_v4(),
             iat: now,
             exp: now + i64::from(request.expires_in.get()),
             max_session_duration_seconds: request.session.get(),
