@@ -224,8 +224,10 @@ async fn three_thousand_tokens_each_redeem_once_on_one_process_and_are_refused_o
 /// What a master's `kill -9` under redemption load did.
 #[derive(Debug)]
 struct FailoverRun {
-    /// Uses accepted before the kill.
+    /// Uses sent and accepted before the kill.
     accepted_before: usize,
+    /// Every use accepted, before, during and after the failover.
+    accepted_in_all: usize,
     /// Of those, how many redeemed again once the cluster had failed over (uses forgotten).
     redeemed_again: usize,
     unavailable: usize,
@@ -237,9 +239,10 @@ impl std::fmt::Display for FailoverRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} uses accepted before the kill, {} of them redeemed again after the failover, \
-             {} answers 503, redemptions succeeded again {:.1} s after the kill",
+            "{} uses accepted before the kill ({} in all), {} of them redeemed again after the \
+             failover, {} answers 503, redemptions succeeded again {:.1} s after the kill",
             self.accepted_before,
+            self.accepted_in_all,
             self.redeemed_again,
             self.unavailable,
             self.outage.as_secs_f64()
@@ -285,6 +288,7 @@ async fn kill_the_master_under_load(
                     let Some(token) = tokens.lock().unwrap().pop() else {
                         break;
                     };
+                    let sent_at = Instant::now();
                     let sent = client
                         .post(&url)
                         .bearer_auth(&key)
@@ -292,12 +296,12 @@ async fn kill_the_master_under_load(
                         .send()
                         .await;
                     let answer = outcome(sent).await;
-                    let now = Instant::now();
                     if answer == ACCEPTED {
-                        accepted.lock().unwrap().push((now, token));
+                        accepted.lock().unwrap().push((sent_at, token));
+                        // Recovered: a request sent after the kill was accepted.
                         let was_killed = *killed.lock().unwrap();
-                        if was_killed.is_some_and(|at| now > at) {
-                            recovered.lock().unwrap().get_or_insert(now);
+                        if was_killed.is_some_and(|at| sent_at > at) {
+                            recovered.lock().unwrap().get_or_insert_with(Instant::now);
                         }
                     } else if answer == UNAVAILABLE {
                         unavailable.fetch_add(1, Ordering::Relaxed);
@@ -309,8 +313,12 @@ async fn kill_the_master_under_load(
         })
         .collect();
 
-    // Let the load settle, then kill the dev org's master.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill the dev org's master once the load has had 1,000 uses accepted (by count, not time:
+    // a fast machine would otherwise spend most tokens before the kill).
+    let settle = Instant::now() + Duration::from_secs(20);
+    while accepted.lock().unwrap().len() < 1000 && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let master = cluster.master_for_key("{dev}");
     cluster.kill_master(master);
     let kill_time = Instant::now();
@@ -330,20 +338,26 @@ async fn kill_the_master_under_load(
         worker.await.unwrap();
     }
     let recovered_at = recovered.lock().unwrap().unwrap_or_else(|| {
+        let logs: Vec<String> = fleet
+            .iter()
+            .map(|server| {
+                let text = server.log_text();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            })
+            .collect();
         panic!(
-            "no redemption succeeded within {FAILOVER_DEADLINE:?} of the kill:\n{}",
-            cluster.describe()
+            "no redemption succeeded within {FAILOVER_DEADLINE:?} of the kill:\n{}\nstreamtoken:\n{}",
+            cluster.describe(),
+            logs.join("\n---\n")
         )
     });
 
-    // Every use accepted before the kill, tried again on the promoted replica.
-    let before: Vec<String> = accepted
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(at, _)| *at < kill_time)
-        .map(|(_, token)| token.clone())
-        .collect();
+    // Every accepted use, before the kill or during it (a use written just before the kill may
+    // be answered after it), tried again on the promoted replica.
+    let accepted = accepted.lock().unwrap().clone();
+    let accepted_before = accepted.iter().filter(|(at, _)| *at < kill_time).count();
+    let before: Vec<String> = accepted.into_iter().map(|(_, token)| token).collect();
     let counts = tally(redeem_each_until_answered(&api_key, &urls, &before).await);
     assert!(
         counts
@@ -352,7 +366,8 @@ async fn kill_the_master_under_load(
         "{counts:?}"
     );
     Some(FailoverRun {
-        accepted_before: before.len(),
+        accepted_before,
+        accepted_in_all: before.len(),
         redeemed_again: counts.get(ACCEPTED).copied().unwrap_or(0),
         unavailable: unavailable.load(Ordering::Relaxed),
         outage: recovered_at - kill_time,
