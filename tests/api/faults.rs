@@ -991,16 +991,7 @@ async fn a_credit_charged_redemption_refused_with_503_costs_no_credit_and_its_re
     assert_ok(redis.command(&["CLIENT", "UNPAUSE"]), "unpause");
     time_until_a_fresh_token_redeems(&app, RECOVERY_DEADLINE).await;
     let retry = redeem(&token).await;
-    let usage: Value = app
-        .client
-        .get(app.url("/v1/usage"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = app.usage_with(&key).await;
 
     // Assert: two redemptions accepted (warm-up, retry), two credits spent.
     assert_eq!(first, StatusCode::SERVICE_UNAVAILABLE);

@@ -161,26 +161,46 @@ fn redeem_urls(fleet: &[ServerProcess]) -> Vec<String> {
     fleet.iter().map(|p| p.url("/v1/tokens/redeem")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_processes_on_one_cluster_accept_one_of_two_thousand_concurrent_redemptions_of_a_token(
-) {
-    // Arrange
-    let Some(cluster) = RedisCluster::start(3, 0) else {
-        return;
-    };
+/// 3 processes on a 3-master cluster, set up for races.
+struct RacingFleet {
+    _cluster: RedisCluster,
+    keys: tempfile::TempDir,
+    api_key: String,
+    _processes: Vec<ServerProcess>,
+    urls: Vec<String>,
+}
+
+fn racing_fleet() -> Option<RacingFleet> {
+    let cluster = RedisCluster::start(3, 0)?;
     let (keys, api_key) = init_keys();
-    let fleet = fleet_of(
+    let processes = fleet_of(
         3,
         keys.path(),
         &cluster,
         &[("STREAMTOKEN_REDIS_TIMEOUT_MS", RACE_TIMEOUT_MS)],
     );
-    let urls = redeem_urls(&fleet);
+    Some(RacingFleet {
+        urls: redeem_urls(&processes),
+        _cluster: cluster,
+        keys,
+        api_key,
+        _processes: processes,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_on_one_cluster_accept_one_of_two_thousand_concurrent_redemptions_of_a_token(
+) {
+    // Arrange. Bound whole: the cluster and the processes live until the test ends.
+    let Some(fleet) = racing_fleet() else {
+        return;
+    };
+    let (keys, api_key, urls) = (&fleet.keys, &fleet.api_key, &fleet.urls);
     let token = mint_offline(keys.path(), 1).remove(0);
 
     // Act
     let outcomes = redeem_all_at_once(
-        &api_key,
+        api_key,
         (0..2000)
             .map(|i| (urls[i % 3].clone(), token.clone()))
             .collect(),
@@ -195,23 +215,16 @@ async fn three_processes_on_one_cluster_accept_one_of_two_thousand_concurrent_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_thousand_tokens_each_redeem_once_on_one_process_and_are_refused_on_another() {
-    // Arrange
-    let Some(cluster) = RedisCluster::start(3, 0) else {
+    // Arrange. Bound whole: the cluster and the processes live until the test ends.
+    let Some(fleet) = racing_fleet() else {
         return;
     };
-    let (keys, api_key) = init_keys();
-    let fleet = fleet_of(
-        3,
-        keys.path(),
-        &cluster,
-        &[("STREAMTOKEN_REDIS_TIMEOUT_MS", RACE_TIMEOUT_MS)],
-    );
-    let urls = redeem_urls(&fleet);
+    let (keys, api_key, urls) = (&fleet.keys, &fleet.api_key, &fleet.urls);
     let tokens = mint_offline(keys.path(), 3000);
 
     // Act: token i on process i % 3, then again on process (i + 1) % 3.
-    let first = redeem_each(&api_key, &urls, &tokens, 0).await;
-    let second = redeem_each(&api_key, &urls, &tokens, 1).await;
+    let first = redeem_each(api_key, urls, &tokens, 0).await;
+    let second = redeem_each(api_key, urls, &tokens, 1).await;
 
     // Assert
     assert_eq!(tally(first), BTreeMap::from([(ACCEPTED.to_owned(), 3000)]));

@@ -171,16 +171,7 @@ async fn on_redis_an_unreachable_upstream_gives_the_use_and_its_credit_back() {
         return;
     };
     let app = upstream_away_then_back(Some(redis_settings(&redis.url()))).await;
-    let usage: Value = app
-        .client
-        .get(app.url("/v1/usage"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = app.usage().await;
     assert_eq!(
         usage["redeemed"], 1,
         "one accepted use, the refused one given back: {usage}"

@@ -624,16 +624,7 @@ async fn minting_never_waits_for_redis_counts_are_added_once_a_second_and_usage_
     // Act: 200 tokens at once.
     let started = Instant::now();
     futures::future::join_all((0..200).map(|_| app.mint_token(json!({})))).await;
-    let usage: Value = app
-        .client
-        .get(app.url("/v1/usage"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = app.usage().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let elapsed_seconds = started.elapsed().as_secs();
 

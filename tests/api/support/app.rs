@@ -187,6 +187,24 @@ impl TestApp {
             .to_owned()
     }
 
+    /// `GET /v1/usage` with the app's key, as JSON.
+    pub async fn usage(&self) -> Value {
+        self.usage_with(&self.api_key).await
+    }
+
+    /// `GET /v1/usage` with `key`, as JSON.
+    pub async fn usage_with(&self, key: &str) -> Value {
+        self.client
+            .get(self.url("/v1/usage"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn redeem(&self, token: &str) -> Response {
         self.post_token("/v1/tokens/redeem", token).await
     }
