@@ -87,7 +87,7 @@ pub struct RedisStore {
     require_persistence: bool,
     replica_acks: u32,
     /// Minted tokens not yet added to Redis, per org: minting never waits for Redis.
-    minted: Arc<DashMap<String, u64>>,
+    minted: Arc<PendingMints>,
     scripts: Scripts,
 }
 
@@ -113,7 +113,7 @@ impl RedisStore {
             timeout: settings.timeout,
             require_persistence: settings.require_persistence,
             replica_acks: settings.replica_acks,
-            minted: Arc::new(DashMap::new()),
+            minted: Arc::new(PendingMints::default()),
             scripts: Scripts {
                 consume: Lua::new(CONSUME),
                 release: Lua::new(RELEASE),
@@ -274,28 +274,41 @@ impl RedisStore {
     }
 }
 
-/// Moves each org's pending minted count to Redis; a count Redis did not take is put back for
-/// the next round, so nothing is lost while Redis is away.
+/// Minted tokens not yet added to Redis, per org.
+#[derive(Default)]
+struct PendingMints {
+    counts: DashMap<String, u64>,
+    /// Held by a flush while a count moves to Redis, and by a reader of Redis + pending, so a
+    /// reader never sees a count in both places or in neither.
+    moving: tokio::sync::RwLock<()>,
+}
+
+/// Adds each org's pending minted count to Redis, then takes it off the pending count. A count
+/// Redis did not take stays for the next round, so nothing is lost while Redis is away.
 async fn flush_minted(
     conn: &super::redis_connection::RedisConnection,
-    minted: &DashMap<String, u64>,
+    pending_mints: &PendingMints,
     keys: &KeyLayout,
     timeout: Duration,
 ) {
-    let orgs: Vec<String> = minted.iter().map(|entry| entry.key().clone()).collect();
-    for org in orgs {
-        let Some((org, count)) = minted.remove(&org) else {
-            continue;
-        };
-        if count == 0 {
-            continue;
-        }
+    let _moving = pending_mints.moving.write().await;
+    let minted = &pending_mints.counts;
+    let pending: Vec<(String, u64)> = minted
+        .iter()
+        .filter(|entry| *entry.value() > 0)
+        .map(|entry| (entry.key().clone(), *entry.value()))
+        .collect();
+    for (org, count) in pending {
         let mut incr = redis::cmd("INCRBY");
         incr.arg(keys.counter(&org, "minted")).arg(count);
         let mut conn = conn.clone();
         let added = tokio::time::timeout(timeout, incr.query_async::<i64>(&mut conn)).await;
-        if !matches!(added, Ok(Ok(_))) {
-            *minted.entry(org).or_insert(0) += count;
+        if matches!(added, Ok(Ok(_))) {
+            // Mints counted meanwhile stay pending; an org with none left leaves no entry.
+            minted.remove_if_mut(&org, |_, left| {
+                *left -= count;
+                *left == 0
+            });
         }
     }
 }
@@ -494,15 +507,21 @@ impl RedisStore {
 #[async_trait]
 impl UsageStore for RedisStore {
     fn record_minted(&self, org: &str) {
-        *self.minted.entry(org.to_owned()).or_insert(0) += 1;
+        *self.minted.counts.entry(org.to_owned()).or_insert(0) += 1;
     }
 
     async fn usage(&self, org: &str) -> Result<Usage, StoreUnavailable> {
         let mut mget = redis::cmd("MGET");
         mget.arg(self.keys.counter(org, "minted"))
             .arg(self.keys.counter(org, "redeemed"));
+        // A flush stuck on an unresponsive Redis must not hold this past the store timeout.
+        let _reading = tokio::time::timeout(self.timeout, self.minted.moving.read())
+            .await
+            .map_err(|_| {
+                StoreUnavailable("minted counts are being flushed to a slow Redis".into())
+            })?;
         let (minted, redeemed): (Option<u64>, Option<u64>) = self.query(mget).await?;
-        let pending = self.minted.get(org).map_or(0, |count| *count);
+        let pending = self.minted.counts.get(org).map_or(0, |count| *count);
         Ok(Usage {
             minted: minted.unwrap_or(0) + pending,
             redeemed: redeemed.unwrap_or(0),
@@ -519,7 +538,7 @@ impl UsageStore for RedisStore {
         let flushed = self
             .run(async move { flush_minted(&conn, &minted, &keys, timeout).await })
             .await;
-        let left: u64 = self.minted.iter().map(|count| *count).sum();
+        let left: u64 = self.minted.counts.iter().map(|count| *count).sum();
         if flushed.is_err() || left > 0 {
             log::warn!("{left} minted token(s) not counted in Redis; /v1/usage will read low");
         }

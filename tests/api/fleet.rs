@@ -536,9 +536,11 @@ async fn with_the_store_stopped_minting_goes_on_under_local_quotas_and_readyz_sa
     server.wait_for_log("fleet-wide rate limit degraded", Duration::from_secs(1));
 }
 
-/// The cluster's settings for an in-process app.
+/// The cluster's settings for an in-process app. A generous store timeout: these tests are about
+/// behaviour, and a loaded machine can take longer than 500 ms to open the first connection.
 fn cluster_settings(cluster: &RedisCluster) -> RedisSettings {
     RedisSettings {
+        timeout: Duration::from_secs(5),
         target: RedisTarget::Cluster(cluster.seed_urls().split(',').map(Secret::new).collect()),
         ..redis_settings("redis://unused/")
     }

@@ -40,6 +40,8 @@ fn wait_for_replicas(master: &RedisServer, n: usize) {
 async fn app_requiring_acks(master: &RedisServer, acks: u32) -> TestApp {
     let mut redis = redis_settings(&master.url());
     redis.replica_acks = acks;
+    // Behaviour, not latency: a loaded machine may need more than 500 ms for the first answer.
+    redis.timeout = Duration::from_secs(3);
     spawn_app_with(Options {
         redis: Some(redis),
         ..Options::default()
