@@ -118,6 +118,12 @@ impl Redeemer {
         self.verifier.verify(token, &self.keyring.snapshot())
     }
 
+    /// `verify`, except that a token past its redemption window is still accepted.
+    pub fn verify_any_age(&self, token: &str) -> Result<Claims, RejectReason> {
+        self.verifier
+            .verify_any_age(token, &self.keyring.snapshot())
+    }
+
     /// The policy `redeem` and `introspect` apply (every org and type unless set).
     pub fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
@@ -162,6 +168,7 @@ impl Redeemer {
             .await?;
         match consumed {
             Consumed::AlreadyUsed => Err(RedeemError::Rejected(RejectReason::AlreadyUsed)),
+            Consumed::Revoked => Err(RedeemError::Rejected(RejectReason::Revoked)),
             Consumed::NoCredits => Err(RedeemError::InsufficientCredits),
             Consumed::Accepted { uses_remaining } => {
                 let session = chrono::Duration::seconds(claims.max_session_duration_seconds.into());
@@ -204,6 +211,7 @@ impl Redeemer {
             expires_at: self.entry_expiry(claims),
             credit_limit: keyring.api_keys().credit_limit(&claims.org),
             outlive_seconds: self.skew_margin(),
+            issued_at: claims.iat,
         }
     }
 
@@ -227,6 +235,14 @@ impl Redeemer {
                 metrics.rejected_token(reason);
             }
             return Err(RedeemError::Rejected(reason));
+        }
+        let revoked = self
+            .store
+            .is_revoked(&claims.org, claims.jti, claims.iat)
+            .await
+            .inspect_err(|_| self.count_store_error())?;
+        if revoked {
+            return Ok(Introspection::refused(RejectReason::Revoked));
         }
         let used = self
             .store
@@ -257,7 +273,7 @@ impl Redeemer {
     }
 
     /// 2 × leeway + 1 s: how long past `exp` (or past the store's now) an entry is kept.
-    fn skew_margin(&self) -> i64 {
+    pub fn skew_margin(&self) -> i64 {
         2 * self.leeway_seconds + 1
     }
 }
