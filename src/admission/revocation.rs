@@ -202,6 +202,50 @@ mod tests {
         assert_eq!(sessions.len(), 2);
     }
 
+    /// A feed that fails `outage` times after the cursor is set, then has one revocation.
+    struct Flaky {
+        outage: std::sync::atomic::AtomicU32,
+        revocation: Revocation,
+    }
+
+    #[async_trait::async_trait]
+    impl RevocationFeed for Flaky {
+        async fn cursor_now(&self) -> Result<String, crate::store::StoreUnavailable> {
+            Ok("1-0".into())
+        }
+
+        async fn revocations_after(
+            &self,
+            cursor: &str,
+        ) -> Result<(Vec<Revocation>, String), crate::store::StoreUnavailable> {
+            if self.outage.load(Ordering::SeqCst) > 0 {
+                self.outage.fetch_sub(1, Ordering::SeqCst);
+                return Err(crate::store::StoreUnavailable("away".into()));
+            }
+            match cursor {
+                "1-0" => Ok((vec![self.revocation.clone()], "2-0".into())),
+                _ => Ok((Vec::new(), cursor.to_owned())),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_cut_off_from_the_feed_catches_up_from_its_cursor() {
+        let sessions = LiveSessions::new();
+        let opened = claims("acme", 100);
+        let mut live = sessions.register(&opened);
+        sessions.follow(Arc::new(Flaky {
+            outage: 3.into(),
+            revocation: Revocation {
+                org: "acme".into(),
+                covers: Covers::Token(opened.jti),
+            },
+        }));
+        tokio::time::timeout(Duration::from_secs(5), live.revoked())
+            .await
+            .expect("revoked once the feed answers again");
+    }
+
     #[test]
     fn a_session_registered_just_after_its_revocation_is_revoked_at_once() {
         let sessions = LiveSessions::new();

@@ -211,6 +211,7 @@ impl SharedStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Revocation;
 
     fn now() -> i64 {
         chrono::Utc::now().timestamp()
@@ -368,5 +369,49 @@ mod tests {
         store.spawn_sweeper(Duration::from_secs(5));
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(store.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_token_or_org_is_refused_without_spending_and_the_entries_expire() {
+        let store = MemoryStore::new();
+        let (revoked, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let by_token = Revocation {
+            org: "acme".into(),
+            covers: Covers::Token(revoked),
+        };
+        let entry = |revocation| RevokeEntry {
+            revocation,
+            expires_at: now() + 60,
+            outlive_seconds: 0,
+        };
+        store.revoke(entry(&by_token)).await.unwrap();
+        let mut attempt = use_of(revoked, 1, now() + 60);
+        attempt.issued_at = now();
+        assert_eq!(
+            store.consume_once(attempt).await.unwrap(),
+            Consumed::Revoked
+        );
+        assert_eq!(store.usage("acme").await.unwrap().redeemed, 0);
+        // The same jti in another org is another token.
+        attempt.org = "beta";
+        assert!(matches!(
+            store.consume_once(attempt).await.unwrap(),
+            Consumed::Accepted { .. }
+        ));
+
+        let by_org = Revocation {
+            org: "acme".into(),
+            covers: Covers::IssuedAtOrBefore(100),
+        };
+        store.revoke(entry(&by_org)).await.unwrap();
+        let mut old = use_of(other, 1, now() + 60);
+        old.issued_at = 100;
+        assert_eq!(store.consume_once(old).await.unwrap(), Consumed::Revoked);
+        assert!(store.is_revoked("acme", other, 100).await.unwrap());
+        assert!(!store.is_revoked("acme", other, 101).await.unwrap());
+
+        store.sweep_expired(now() + 61);
+        assert!(!store.is_revoked("acme", revoked, 0).await.unwrap());
+        assert!(!store.is_revoked("acme", other, 100).await.unwrap());
     }
 }
