@@ -7,6 +7,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use crate::admission::policy::Policy;
+use crate::admission::revocation::{LiveSession, LiveSessions};
 use crate::keys::keyring::{KeyFileModes, KeyringHandle};
 use crate::metrics::Metrics;
 use crate::settings::TokenSettings;
@@ -63,6 +64,8 @@ pub struct Redeemer {
     leeway_seconds: i64,
     metrics: Option<Arc<Metrics>>,
     policy: Policy,
+    /// The sessions open on this process, told when their token is revoked.
+    live_sessions: Arc<LiveSessions>,
 }
 
 impl Redeemer {
@@ -78,6 +81,7 @@ impl Redeemer {
             leeway_seconds: settings.leeway_seconds as i64,
             metrics: None,
             policy: Policy::any(),
+            live_sessions: LiveSessions::new(),
         }
     }
 
@@ -101,12 +105,30 @@ impl Redeemer {
         );
         let store = crate::store::open(settings)?;
         log::info!("shared store: {}", store.backend());
-        Ok(Redeemer::new(keyring, &settings.token, store))
+        let redeemer = Redeemer::new(keyring, &settings.token, store);
+        if let Some(feed) = redeemer.store.clone().revocation_feed() {
+            redeemer.live_sessions.follow(feed);
+        }
+        Ok(redeemer)
     }
 
     /// The keyring this redeemer verifies with (the server signs with the same one).
     pub fn keyring(&self) -> &Arc<KeyringHandle> {
         &self.keyring
+    }
+
+    /// The registry of this process's open sessions. Register a session with `watch`; with a
+    /// shared store (Redis), revocations recorded by any process reach it (`from_settings`
+    /// follows the store's feed).
+    pub fn live_sessions(&self) -> &Arc<LiveSessions> {
+        &self.live_sessions
+    }
+
+    /// Registers the session `redemption` opens: `LiveSession::revoked` completes when its token
+    /// is revoked, and the session should then end (the reference gateway closes with 4010).
+    /// Keep the returned value for as long as the session runs.
+    pub fn watch(&self, redemption: &Redemption) -> LiveSession {
+        self.live_sessions.register(&redemption.claims)
     }
 
     /// The store this redeemer consumes uses in (the server counts usage in the same one).

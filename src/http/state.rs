@@ -63,12 +63,8 @@ impl AppState {
             Some(quota) => RateLimiter::fleet_wide(settings.rate_limit, quota, metrics.clone()),
             None => RateLimiter::new(settings.rate_limit),
         };
-        let live_sessions = LiveSessions::new();
-        if let Some(feed) = redeemer.store().clone().revocation_feed() {
-            live_sessions.follow(feed);
-        }
         Ok(AppState {
-            live_sessions,
+            live_sessions: redeemer.live_sessions().clone(),
             store: redeemer.store().clone(),
             minter: Minter::new(keyring.clone(), settings.token.clone()),
             redeemer: web::Data::new(redeemer),

@@ -436,3 +436,34 @@ async fn across_two_processes(env: &[(&str, &str)], ttl: impl Fn(&str) -> i64) -
     assert_eq!(b.redeem(&later).await.status(), StatusCode::OK);
     latencies
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_embedded_gateway_learns_that_a_session_it_admitted_was_revoked_elsewhere() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let app = crate::support::app::spawn_app_with_redis(&redis.url()).await;
+    let revoker = app.add_api_key("dev", &[Scope::Revoke]);
+    // The embedding service: its own redeemer on the same keys and store, in this process.
+    let gateway = streamtoken::gateway::Redeemer::from_settings(&app.settings).unwrap();
+    let token = app.mint_token(json!({})).await;
+    let redemption = gateway.redeem(&token).await.unwrap();
+    let mut live = gateway.watch(&redemption);
+    // The follower has taken its place in the feed before the revocation is recorded.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let (status, _) = Server::of_app(&app)
+        .revoke(&revoker, json!({ "token": token }))
+        .await;
+
+    assert_eq!(status, StatusCode::OK);
+    let answered = Instant::now();
+    tokio::time::timeout(Duration::from_secs(2), live.revoked())
+        .await
+        .expect("told of the revocation");
+    assert!(
+        answered.elapsed() <= CLOSE_WITHIN,
+        "{:?}",
+        answered.elapsed()
+    );
+}
