@@ -116,6 +116,10 @@ pub struct RedisStore {
     /// Every Redis call runs here (see `IoRuntime`).
     io: IoRuntime,
     conn: RedisConnection,
+    /// The revocation follower's own connection: its steady polling, and its errors while a
+    /// node is down, stay off the connection redemptions use (sharing it, redemptions resumed
+    /// too late after a cluster master was killed).
+    feed_conn: RedisConnection,
     keys: KeyLayout,
     timeout: Duration,
     require_persistence: bool,
@@ -137,12 +141,16 @@ impl RedisStore {
     /// Redis is down; the connection opens on first use and reopens by itself after a failure.
     pub fn connect_lazily(settings: &RedisSettings) -> anyhow::Result<Self> {
         let io = IoRuntime::start()?;
-        let conn = {
+        let (conn, feed_conn) = {
             let _inside = io.handle().enter();
-            RedisConnection::prepare(settings)?
+            (
+                RedisConnection::prepare(settings)?,
+                RedisConnection::prepare(settings)?,
+            )
         };
         let store = RedisStore {
             conn,
+            feed_conn,
             io,
             keys: KeyLayout(settings.key_prefix.clone()),
             timeout: settings.timeout,
@@ -269,7 +277,15 @@ impl RedisStore {
         &self,
         cmd: redis::Cmd,
     ) -> Result<T, StoreUnavailable> {
-        let mut conn = self.conn.clone();
+        self.query_on(&self.conn, cmd).await
+    }
+
+    async fn query_on<T: FromRedisValue + Send + 'static>(
+        &self,
+        conn: &RedisConnection,
+        cmd: redis::Cmd,
+    ) -> Result<T, StoreUnavailable> {
+        let mut conn = conn.clone();
         self.run(async move { cmd.query_async(&mut conn).await })
             .await?
             .map_err(|e| StoreUnavailable(e.to_string()))
@@ -583,7 +599,8 @@ impl RevocationFeed for RedisStore {
             .arg("-")
             .arg("COUNT")
             .arg(1);
-        let entries: Vec<(String, Vec<(String, String)>)> = self.query(newest).await?;
+        let entries: Vec<(String, Vec<(String, String)>)> =
+            self.query_on(&self.feed_conn, newest).await?;
         Ok(entries
             .into_iter()
             .next()
@@ -601,7 +618,8 @@ impl RevocationFeed for RedisStore {
             .arg("+")
             .arg("COUNT")
             .arg(FEED_BATCH);
-        let entries: Vec<(String, Vec<(String, String)>)> = self.query(range).await?;
+        let entries: Vec<(String, Vec<(String, String)>)> =
+            self.query_on(&self.feed_conn, range).await?;
         let mut cursor = cursor.to_owned();
         let mut revocations = Vec::with_capacity(entries.len());
         for (id, fields) in entries {
