@@ -37,6 +37,7 @@ async fn main() {
                 expires_at,
                 credit_limit: None,
                 outlive_seconds: 0,
+                issued_at: 0,
             })
             .await
             .expect("memory store answers");

@@ -7,6 +7,10 @@
 //! `Sec-WebSocket-Protocol: bearer, <token>` (browsers cannot set headers on a WebSocket, but
 //! they can offer subprotocols; answer with `bearer`). A refusal is an `ApiError` in the
 //! `{"error":{"code","message"}}` envelope.
+//!
+//! A session that runs on after the redemption learns that its token was revoked through
+//! `Redeemer::watch`, whose `LiveSession::revoked` completes then (within a second with Redis,
+//! wherever the revocation was recorded).
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
@@ -17,6 +21,7 @@ pub use crate::admission::presented::{
     presented_in, presented_token, TokenSource, BEARER_SUBPROTOCOL,
 };
 pub use crate::admission::redeem::{Redeemer, Redemption};
+pub use crate::admission::revocation::LiveSession;
 pub use crate::http::error::ApiError;
 
 /// Verifies and consumes the presented token under the redeemer's own policy

@@ -29,6 +29,7 @@ pub struct Metrics {
     store_clock_skew: prometheus::Gauge,
     request_duration: HistogramVec,
     open_sessions: IntGauge,
+    revocations: IntCounterVec,
 }
 
 impl Metrics {
@@ -100,6 +101,15 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let revocations = IntCounterVec::new(
+            Opts::new(
+                "streamtoken_revocations_total",
+                "Revocations recorded, by what they named (token, jti, org)",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+
         let registry = Registry::new();
         for collector in [
             Box::new(minted.clone()) as Box<dyn prometheus::core::Collector>,
@@ -111,6 +121,7 @@ impl Metrics {
             Box::new(store_clock_skew.clone()),
             Box::new(request_duration.clone()),
             Box::new(open_sessions.clone()),
+            Box::new(revocations.clone()),
         ] {
             registry
                 .register(collector)
@@ -128,7 +139,13 @@ impl Metrics {
             store_clock_skew,
             request_duration,
             open_sessions,
+            revocations,
         }
+    }
+
+    /// Counts one revocation; `kind` is one of `token`, `jti`, `org`.
+    pub fn revoked(&self, kind: &'static str) {
+        self.revocations.with_label_values(&[kind]).inc();
     }
 
     pub fn minted(&self, route: &str, token_type: &str) {

@@ -50,10 +50,11 @@ pub struct ProxyRoute {
 }
 
 /// Paths the service serves itself; a proxy route may not take one.
-pub const BUILT_IN_PATHS: [&str; 16] = [
+pub const BUILT_IN_PATHS: [&str; 17] = [
     "/v1/tokens",
     "/v1/tokens/redeem",
     "/v1/tokens/introspect",
+    "/v1/tokens/revoke",
     "/v1/usage",
     "/v1/stream",
     "/v1/forward-auth",

@@ -7,9 +7,11 @@
 //! 2. `redeem`: verify it locally, apply the surface's `policy` (orgs, token types), consume one
 //!    use in the shared store (fail closed), and report the outcome to the metrics;
 //! 3. `slots`: a session-holding surface takes a place under its caps first, so a client turned
-//!    away for capacity keeps its token.
+//!    away for capacity keeps its token;
+//! 4. `revocation`: an admitted session registers with its token, so revoking the token ends it.
 
 pub mod policy;
 pub mod presented;
 pub mod redeem;
+pub mod revocation;
 pub mod slots;

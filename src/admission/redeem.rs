@@ -7,6 +7,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use crate::admission::policy::Policy;
+use crate::admission::revocation::{LiveSession, LiveSessions};
 use crate::keys::keyring::{KeyFileModes, KeyringHandle};
 use crate::metrics::Metrics;
 use crate::settings::TokenSettings;
@@ -63,6 +64,8 @@ pub struct Redeemer {
     leeway_seconds: i64,
     metrics: Option<Arc<Metrics>>,
     policy: Policy,
+    /// The sessions open on this process, told when their token is revoked.
+    live_sessions: Arc<LiveSessions>,
 }
 
 impl Redeemer {
@@ -78,6 +81,7 @@ impl Redeemer {
             leeway_seconds: settings.leeway_seconds as i64,
             metrics: None,
             policy: Policy::any(),
+            live_sessions: LiveSessions::new(),
         }
     }
 
@@ -101,12 +105,30 @@ impl Redeemer {
         );
         let store = crate::store::open(settings)?;
         log::info!("shared store: {}", store.backend());
-        Ok(Redeemer::new(keyring, &settings.token, store))
+        let redeemer = Redeemer::new(keyring, &settings.token, store);
+        if let Some(feed) = redeemer.store.clone().revocation_feed() {
+            redeemer.live_sessions.follow(feed);
+        }
+        Ok(redeemer)
     }
 
     /// The keyring this redeemer verifies with (the server signs with the same one).
     pub fn keyring(&self) -> &Arc<KeyringHandle> {
         &self.keyring
+    }
+
+    /// The registry of this process's open sessions. Register a session with `watch`; with a
+    /// shared store (Redis), revocations recorded by any process reach it (`from_settings`
+    /// follows the store's feed).
+    pub fn live_sessions(&self) -> &Arc<LiveSessions> {
+        &self.live_sessions
+    }
+
+    /// Registers the session `redemption` opens: `LiveSession::revoked` completes when its token
+    /// is revoked, and the session should then end (the reference gateway closes with 4010).
+    /// Keep the returned value for as long as the session runs.
+    pub fn watch(&self, redemption: &Redemption) -> LiveSession {
+        self.live_sessions.register(&redemption.claims)
     }
 
     /// The store this redeemer consumes uses in (the server counts usage in the same one).
@@ -116,6 +138,12 @@ impl Redeemer {
 
     pub fn verify(&self, token: &str) -> Result<Claims, RejectReason> {
         self.verifier.verify(token, &self.keyring.snapshot())
+    }
+
+    /// `verify`, except that a token past its redemption window is still accepted.
+    pub fn verify_any_age(&self, token: &str) -> Result<Claims, RejectReason> {
+        self.verifier
+            .verify_any_age(token, &self.keyring.snapshot())
     }
 
     /// The policy `redeem` and `introspect` apply (every org and type unless set).
@@ -162,6 +190,7 @@ impl Redeemer {
             .await?;
         match consumed {
             Consumed::AlreadyUsed => Err(RedeemError::Rejected(RejectReason::AlreadyUsed)),
+            Consumed::Revoked => Err(RedeemError::Rejected(RejectReason::Revoked)),
             Consumed::NoCredits => Err(RedeemError::InsufficientCredits),
             Consumed::Accepted { uses_remaining } => {
                 let session = chrono::Duration::seconds(claims.max_session_duration_seconds.into());
@@ -204,6 +233,7 @@ impl Redeemer {
             expires_at: self.entry_expiry(claims),
             credit_limit: keyring.api_keys().credit_limit(&claims.org),
             outlive_seconds: self.skew_margin(),
+            issued_at: claims.iat,
         }
     }
 
@@ -227,6 +257,14 @@ impl Redeemer {
                 metrics.rejected_token(reason);
             }
             return Err(RedeemError::Rejected(reason));
+        }
+        let revoked = self
+            .store
+            .is_revoked(&claims.org, claims.jti, claims.iat)
+            .await
+            .inspect_err(|_| self.count_store_error())?;
+        if revoked {
+            return Ok(Introspection::refused(RejectReason::Revoked));
         }
         let used = self
             .store
@@ -257,7 +295,7 @@ impl Redeemer {
     }
 
     /// 2 × leeway + 1 s: how long past `exp` (or past the store's now) an entry is kept.
-    fn skew_margin(&self) -> i64 {
+    pub fn skew_margin(&self) -> i64 {
         2 * self.leeway_seconds + 1
     }
 }

@@ -103,6 +103,7 @@ enum KeysCommand {
 enum ScopeArg {
     Mint,
     Redeem,
+    Revoke,
 }
 
 impl From<ScopeArg> for Scope {
@@ -110,6 +111,7 @@ impl From<ScopeArg> for Scope {
         match s {
             ScopeArg::Mint => Scope::Mint,
             ScopeArg::Redeem => Scope::Redeem,
+            ScopeArg::Revoke => Scope::Revoke,
         }
     }
 }

@@ -69,6 +69,7 @@ impl ApiError {
             ApiError::TokenRejected(RejectReason::AlreadyUsed) => "token_already_used",
             ApiError::TokenRejected(RejectReason::WrongOrg) => "wrong_org",
             ApiError::TokenRejected(RejectReason::WrongTokenType) => "wrong_token_type",
+            ApiError::TokenRejected(RejectReason::Revoked) => "token_revoked",
             ApiError::TokenRejected(_) => "invalid_token",
             ApiError::ReplayStoreUnavailable => "replay_store_unavailable",
             ApiError::RateLimited { .. } => "rate_limited",

@@ -7,6 +7,7 @@ use actix_web::web;
 
 use crate::admission::policy::Policy;
 use crate::admission::redeem::Redeemer;
+use crate::admission::revocation::LiveSessions;
 use crate::admission::slots::SessionSlots;
 use crate::http::memory::{MemoryReturn, TRIM_INTERVAL};
 use crate::keys::keyring::KeyringHandle;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub stream_policy: Policy,
     /// `/v1/stream`'s caps on open sessions.
     pub session_slots: Arc<SessionSlots>,
+    /// The WebSocket sessions open on this process, closed when their token is revoked.
+    pub live_sessions: Arc<LiveSessions>,
     /// Hands memory back to the system after sessions end.
     pub(crate) memory: Arc<MemoryReturn>,
     pub demo: DemoMode,
@@ -61,6 +64,7 @@ impl AppState {
             None => RateLimiter::new(settings.rate_limit),
         };
         Ok(AppState {
+            live_sessions: redeemer.live_sessions().clone(),
             store: redeemer.store().clone(),
             minter: Minter::new(keyring.clone(), settings.token.clone()),
             redeemer: web::Data::new(redeemer),

@@ -12,6 +12,7 @@
 //! | 1008 | the client did not take a frame within `STREAMTOKEN_STREAM_SEND_TIMEOUT_SECONDS` |
 //! | 4008 | session ended: `max_session_duration_seconds` reached |
 //! | 4009 | session ended: idle timeout (no frame from the client) |
+//! | 4010 | token revoked: refused at admission, or a live session ended (reason `revoked`) |
 //! | 1001 | server shutting down |
 
 use std::future::Future;
@@ -23,6 +24,7 @@ use actix_ws::{CloseCode, CloseReason, Closed, Session};
 use serde::Serialize;
 
 use crate::admission::redeem::Redemption;
+use crate::admission::revocation::LiveSession;
 use crate::admission::slots::Slot;
 use crate::gateway::presented_token;
 use crate::http::error::ApiError;
@@ -35,9 +37,17 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// connection to end by itself, before the server ends it.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// An admitted session: its redemption, its place under the caps, and its entry in the
+/// registry that revocations close sessions through.
+pub struct Admitted {
+    pub redemption: Redemption,
+    pub slot: Slot,
+    pub live: LiveSession,
+}
+
 /// A place under the session caps, then the redemption. The caps are checked on the verified
 /// token's org before a use is consumed, so a client turned away keeps a usable token.
-pub async fn admit(req: &HttpRequest, state: &AppState) -> Result<(Redemption, Slot), ApiError> {
+pub async fn admit(req: &HttpRequest, state: &AppState) -> Result<Admitted, ApiError> {
     let (token, _) = presented_token(req).ok_or(ApiError::MissingToken)?;
     let slot = match state.redeemer.verify(&token) {
         Ok(claims) => match state.session_slots.try_take(&claims.org) {
@@ -62,7 +72,12 @@ pub async fn admit(req: &HttpRequest, state: &AppState) -> Result<(Redemption, S
             .try_take(&redemption.claims.org)
             .ok_or(ApiError::TooManySessions)?,
     };
-    Ok((redemption, slot))
+    let live = state.live_sessions.register(&redemption.claims);
+    Ok(Admitted {
+        redemption,
+        slot,
+        live,
+    })
 }
 
 #[derive(Serialize)]
@@ -122,12 +137,18 @@ pub fn close_reason_for(error: &ApiError) -> CloseReason {
     let code = match error {
         ApiError::TokenRejected(RejectReason::Expired) => 4002,
         ApiError::TokenRejected(RejectReason::AlreadyUsed) => 4003,
+        ApiError::TokenRejected(RejectReason::Revoked) => 4010,
         ApiError::InsufficientCredits => 4402,
         ApiError::ReplayStoreUnavailable => 1011,
         ApiError::TooManySessions | ApiError::UpstreamUnavailable => 1013,
         _ => 4001,
     };
     close(code, &error.message())
+}
+
+/// How a live session whose token was revoked ends.
+pub fn revoked() -> CloseReason {
+    close(4010, "revoked")
 }
 
 pub fn close(code: u16, description: &str) -> CloseReason {

@@ -11,7 +11,8 @@ use uuid::Uuid;
 use crate::periodic;
 
 use super::{
-    Consumed, Health, ReplayStore, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf,
+    Consumed, Covers, Health, ReplayStore, RevokeEntry, SharedStore, StoreUnavailable, Usage,
+    UsageStore, UseOf,
 };
 
 /// How often expired entries are dropped. Memory is bounded by tokens alive in the last interval.
@@ -28,6 +29,11 @@ struct Uses {
 pub struct MemoryStore {
     entries: DashMap<Uuid, Uses>,
     usage: DashMap<String, Usage>,
+    /// Revoked tokens by (org, jti), with when each entry may go.
+    revoked: DashMap<(String, Uuid), i64>,
+    /// Each org's revocation threshold: tokens issued at or before it are revoked (`iat`,
+    /// when the entry may go).
+    revoked_before: DashMap<String, (i64, i64)>,
 }
 
 impl MemoryStore {
@@ -47,6 +53,20 @@ impl MemoryStore {
     /// Drops every entry whose token expired before `now` (unix seconds).
     pub fn sweep_expired(&self, now: i64) {
         self.entries.retain(|_, uses| uses.expires_at >= now);
+        self.revoked.retain(|_, expires_at| *expires_at >= now);
+        self.revoked_before
+            .retain(|_, (_, expires_at)| *expires_at >= now);
+    }
+
+    fn revoked_now(&self, org: &str, jti: Uuid, iat: i64) -> bool {
+        let now = chrono::Utc::now().timestamp();
+        self.revoked
+            .get(&(org.to_owned(), jti))
+            .is_some_and(|expires_at| *expires_at >= now)
+            || self
+                .revoked_before
+                .get(org)
+                .is_some_and(|entry| iat <= entry.0 && entry.1 >= now)
     }
 
     fn record_use(&self, jti: Uuid, allowed_uses: u32, expires_at: i64) -> Consumed {
@@ -88,6 +108,9 @@ impl ReplayStore for MemoryStore {
         // The org's entry lock is held across the credit check and the use, so concurrent
         // redemptions can neither overspend nor see a use that is about to be taken back.
         let mut usage = self.usage.entry(use_of.org.to_owned()).or_default();
+        if self.revoked_now(use_of.org, use_of.jti, use_of.issued_at) {
+            return Ok(Consumed::Revoked);
+        }
         if use_of
             .credit_limit
             .is_some_and(|limit| usage.redeemed >= limit)
@@ -103,7 +126,7 @@ impl ReplayStore for MemoryStore {
             });
         }
         let consumed = self.record_use(use_of.jti, use_of.allowed_uses, use_of.expires_at);
-        if consumed != Consumed::AlreadyUsed {
+        if matches!(consumed, Consumed::Accepted { .. }) {
             usage.redeemed += 1;
         }
         Ok(consumed)
@@ -133,6 +156,34 @@ impl ReplayStore for MemoryStore {
             .get(&jti)
             .map_or(0, |uses| uses.recorded.min(allowed_uses)))
     }
+
+    async fn revoke(&self, entry: RevokeEntry<'_>) -> Result<(), StoreUnavailable> {
+        let revocation = entry.revocation;
+        // Held under the org's usage lock, as `consume_once` is: a redemption either saw the
+        // revocation or was recorded before it.
+        let _org = self.usage.entry(revocation.org.clone()).or_default();
+        match revocation.covers {
+            Covers::Token(jti) => {
+                let mut expires_at = self
+                    .revoked
+                    .entry((revocation.org.clone(), jti))
+                    .or_insert(entry.expires_at);
+                *expires_at = (*expires_at).max(entry.expires_at);
+            }
+            Covers::IssuedAtOrBefore(iat) => {
+                let mut threshold = self
+                    .revoked_before
+                    .entry(revocation.org.clone())
+                    .or_insert((iat, entry.expires_at));
+                *threshold = (threshold.0.max(iat), threshold.1.max(entry.expires_at));
+            }
+        }
+        Ok(())
+    }
+
+    async fn is_revoked(&self, org: &str, jti: Uuid, iat: i64) -> Result<bool, StoreUnavailable> {
+        Ok(self.revoked_now(org, jti, iat))
+    }
 }
 
 #[async_trait]
@@ -160,6 +211,7 @@ impl SharedStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Revocation;
 
     fn now() -> i64 {
         chrono::Utc::now().timestamp()
@@ -174,6 +226,7 @@ mod tests {
             expires_at,
             credit_limit: None,
             outlive_seconds: 0,
+            issued_at: 0,
         }
     }
 
@@ -316,5 +369,49 @@ mod tests {
         store.spawn_sweeper(Duration::from_secs(5));
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(store.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_token_or_org_is_refused_without_spending_and_the_entries_expire() {
+        let store = MemoryStore::new();
+        let (revoked, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let by_token = Revocation {
+            org: "acme".into(),
+            covers: Covers::Token(revoked),
+        };
+        let entry = |revocation| RevokeEntry {
+            revocation,
+            expires_at: now() + 60,
+            outlive_seconds: 0,
+        };
+        store.revoke(entry(&by_token)).await.unwrap();
+        let mut attempt = use_of(revoked, 1, now() + 60);
+        attempt.issued_at = now();
+        assert_eq!(
+            store.consume_once(attempt).await.unwrap(),
+            Consumed::Revoked
+        );
+        assert_eq!(store.usage("acme").await.unwrap().redeemed, 0);
+        // The same jti in another org is another token.
+        attempt.org = "beta";
+        assert!(matches!(
+            store.consume_once(attempt).await.unwrap(),
+            Consumed::Accepted { .. }
+        ));
+
+        let by_org = Revocation {
+            org: "acme".into(),
+            covers: Covers::IssuedAtOrBefore(100),
+        };
+        store.revoke(entry(&by_org)).await.unwrap();
+        let mut old = use_of(other, 1, now() + 60);
+        old.issued_at = 100;
+        assert_eq!(store.consume_once(old).await.unwrap(), Consumed::Revoked);
+        assert!(store.is_revoked("acme", other, 100).await.unwrap());
+        assert!(!store.is_revoked("acme", other, 101).await.unwrap());
+
+        store.sweep_expired(now() + 61);
+        assert!(!store.is_revoked("acme", revoked, 0).await.unwrap());
+        assert!(!store.is_revoked("acme", other, 100).await.unwrap());
     }
 }

@@ -60,6 +60,44 @@ pub struct UseOf<'a> {
     /// The entry outlives the store's own clock by at least this much, whatever `expires_at`
     /// says on ours (a store whose clock runs ahead must not drop it early).
     pub outlive_seconds: i64,
+    /// The token's `iat`, checked against an org-wide revocation in the same atomic step.
+    pub issued_at: i64,
+}
+
+/// What one revocation covers, always within one org (the store locates entries by org).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub org: String,
+    pub covers: Covers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Covers {
+    /// The token `jti`.
+    Token(Uuid),
+    /// Every token of the org whose `iat` is at or before this (unix seconds).
+    IssuedAtOrBefore(i64),
+}
+
+impl Revocation {
+    /// Whether a token of `org` with `jti` and `iat` is covered.
+    pub fn covers(&self, org: &str, jti: Uuid, iat: i64) -> bool {
+        self.org == org
+            && match self.covers {
+                Covers::Token(revoked) => revoked == jti,
+                Covers::IssuedAtOrBefore(threshold) => iat <= threshold,
+            }
+    }
+}
+
+/// A revocation to record, and how long its entry must refuse redemptions.
+#[derive(Debug, Clone, Copy)]
+pub struct RevokeEntry<'a> {
+    pub revocation: &'a Revocation,
+    /// Unix seconds after which no token it covers can verify, so the entry may go.
+    pub expires_at: i64,
+    /// As `UseOf::outlive_seconds`.
+    pub outlive_seconds: i64,
 }
 
 /// Result of trying to record one use of a token.
@@ -69,6 +107,8 @@ pub enum Consumed {
     Accepted { uses_remaining: u32 },
     /// Every allowed use was already taken.
     AlreadyUsed,
+    /// The token is revoked; nothing was recorded or charged.
+    Revoked,
     /// The org has no credit left; the token was not consumed and nothing was charged.
     NoCredits,
 }
@@ -105,6 +145,27 @@ pub trait ReplayStore: Send + Sync + 'static {
         jti: Uuid,
         allowed_uses: u32,
     ) -> Result<u32, StoreUnavailable>;
+
+    /// Records a revocation: from now on `consume_once` refuses what it covers.
+    async fn revoke(&self, entry: RevokeEntry<'_>) -> Result<(), StoreUnavailable>;
+
+    /// Whether `org`'s token `jti` issued at `iat` is revoked (introspection).
+    async fn is_revoked(&self, org: &str, jti: Uuid, iat: i64) -> Result<bool, StoreUnavailable>;
+}
+
+/// Where the processes sharing a store learn of each other's revocations, to close the live
+/// sessions they cover. The memory store has none: one process, told directly.
+#[async_trait]
+pub trait RevocationFeed: Send + Sync + 'static {
+    /// Where a follower starting now begins: after the newest revocation recorded.
+    async fn cursor_now(&self) -> Result<String, StoreUnavailable>;
+
+    /// Revocations recorded after `cursor`, oldest first, and the cursor after them. A follower
+    /// that could not read keeps its cursor and catches up on the next call.
+    async fn revocations_after(
+        &self,
+        cursor: &str,
+    ) -> Result<(Vec<Revocation>, String), StoreUnavailable>;
 }
 
 /// Each org's counters.
@@ -152,6 +213,11 @@ pub trait SharedStore: ReplayStore + UsageStore {
 
     /// The fleet-wide quota buckets, when the store can keep them.
     fn fleet_quota(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn FleetQuota>> {
+        None
+    }
+
+    /// The feed of revocations other processes record, when processes share the store.
+    fn revocation_feed(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn RevocationFeed>> {
         None
     }
 }

@@ -5,7 +5,12 @@
 //! - `<prefix>:{<org>}:use:<jti>` — a hash of the attempts that used the token (one field per
 //!   accepted use), so an attempt can take back exactly its own use;
 //! - `<prefix>:{<org>}:redeemed`, `<prefix>:{<org>}:minted` — the org's counters;
-//! - `<prefix>:{<org>}:rate:<bucket>` — a fleet-wide quota bucket (`quota.rs`).
+//! - `<prefix>:{<org>}:rate:<bucket>` — a fleet-wide quota bucket (`quota.rs`);
+//! - `<prefix>:{<org>}:revoked:<jti>` — a revoked token; `<prefix>:{<org>}:revoked-before` — the
+//!   org's revocation threshold (tokens with `iat` at or before it are revoked). Both in the use
+//!   entry's slot, so the consume script checks them in the same atomic step;
+//! - `<prefix>:revocations` — a stream of every revocation, which each process follows to close
+//!   the live sessions they cover (the one key outside any org's slot).
 //!
 //! The price of the tag: one org's traffic lands on one cluster master. Orgs spread over the
 //! cluster; a single org is as fast as one master.
@@ -22,16 +27,21 @@ use uuid::Uuid;
 use super::health::Health;
 use super::redis_connection::RedisConnection;
 use super::{
-    Consumed, FleetQuota, QuotaTaken, ReplayStore, SharedStore, StoreUnavailable, Usage,
-    UsageStore, UseOf,
+    Consumed, Covers, FleetQuota, QuotaTaken, ReplayStore, Revocation, RevocationFeed, RevokeEntry,
+    SharedStore, StoreUnavailable, Usage, UsageStore, UseOf,
 };
 use crate::settings::{RateQuota, RedisSettings};
 
 /// Records one use of a token, charging a credit in the same step when the org has a limit.
-/// KEYS: use entry, redeemed counter. ARGV: allowed uses, expiry (unix s), attempt marker,
-/// credit limit (-1 = none), seconds the entry must outlive Redis's own clock at least.
-/// Returns the uses left, -1 when none were left, -2 when the org has no credit left.
+/// KEYS: use entry, redeemed counter, the token's revocation entry, the org's revocation
+/// threshold. ARGV: allowed uses, expiry (unix s), attempt marker, credit limit (-1 = none),
+/// seconds the entry must outlive Redis's own clock at least, the token's `iat`.
+/// Returns the uses left, -1 when none were left, -2 when the org has no credit left, -3 when
+/// the token is revoked.
 const CONSUME: &str = r"
+if redis.call('EXISTS', KEYS[3]) == 1 then return -3 end
+local before = redis.call('GET', KEYS[4])
+if before and tonumber(ARGV[6]) <= tonumber(before) then return -3 end
 local used = redis.call('HLEN', KEYS[1])
 local allowed = tonumber(ARGV[1])
 if used >= allowed then return -1 end
@@ -55,6 +65,30 @@ if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
 end
 return 0
 ";
+
+/// Records a revocation entry, never shortening one already there. KEYS: the entry. ARGV: value
+/// (the `iat` threshold, or 1 for a token), expiry (unix s), seconds the entry must outlive
+/// Redis's own clock at least. A lower threshold than the one held changes nothing.
+const REVOKE: &str = r"
+local held = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local value = tonumber(ARGV[1])
+if value < held then return 0 end
+local now = tonumber(redis.call('TIME')[1])
+local expiry = math.max(tonumber(ARGV[2]), now + tonumber(ARGV[3]))
+local ttl = redis.call('TTL', KEYS[1])
+if ttl > 0 then expiry = math.max(expiry, now + ttl) end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('EXPIREAT', KEYS[1], expiry)
+return 1
+";
+
+/// How long the revocation stream keeps an entry: as long as a session it covers may run
+/// (`max_session_duration_seconds` is at most a day), so a process cut off from Redis for up to
+/// that long still closes what it must when it catches up.
+const FEED_RETENTION_MS: i64 = 86_400 * 1000;
+
+/// Most revocations one follower poll reads; the rest come on the next poll.
+const FEED_BATCH: usize = 1000;
 
 /// GCRA on Redis's clock: one key holds the bucket's theoretical arrival time (µs).
 /// ARGV: emission interval (µs), burst. Returns {allowed, remaining, retry after (µs)}.
@@ -82,6 +116,10 @@ pub struct RedisStore {
     /// Every Redis call runs here (see `IoRuntime`).
     io: IoRuntime,
     conn: RedisConnection,
+    /// The revocation follower's own connection: its steady polling, and its errors while a
+    /// node is down, stay off the connection redemptions use (sharing it, redemptions resumed
+    /// too late after a cluster master was killed).
+    feed_conn: RedisConnection,
     keys: KeyLayout,
     timeout: Duration,
     require_persistence: bool,
@@ -95,6 +133,7 @@ struct Scripts {
     consume: Lua,
     release: Lua,
     take_quota: Lua,
+    revoke: Lua,
 }
 
 impl RedisStore {
@@ -102,12 +141,16 @@ impl RedisStore {
     /// Redis is down; the connection opens on first use and reopens by itself after a failure.
     pub fn connect_lazily(settings: &RedisSettings) -> anyhow::Result<Self> {
         let io = IoRuntime::start()?;
-        let conn = {
+        let (conn, feed_conn) = {
             let _inside = io.handle().enter();
-            RedisConnection::prepare(settings)?
+            (
+                RedisConnection::prepare(settings)?,
+                RedisConnection::prepare(settings)?,
+            )
         };
         let store = RedisStore {
             conn,
+            feed_conn,
             io,
             keys: KeyLayout(settings.key_prefix.clone()),
             timeout: settings.timeout,
@@ -118,6 +161,7 @@ impl RedisStore {
                 consume: Lua::new(CONSUME),
                 release: Lua::new(RELEASE),
                 take_quota: Lua::new(TAKE_QUOTA),
+                revoke: Lua::new(REVOKE),
             },
         };
         store.spawn_minted_flusher();
@@ -233,7 +277,15 @@ impl RedisStore {
         &self,
         cmd: redis::Cmd,
     ) -> Result<T, StoreUnavailable> {
-        let mut conn = self.conn.clone();
+        self.query_on(&self.conn, cmd).await
+    }
+
+    async fn query_on<T: FromRedisValue + Send + 'static>(
+        &self,
+        conn: &RedisConnection,
+        cmd: redis::Cmd,
+    ) -> Result<T, StoreUnavailable> {
+        let mut conn = conn.clone();
         self.run(async move { cmd.query_async(&mut conn).await })
             .await?
             .map_err(|e| StoreUnavailable(e.to_string()))
@@ -329,6 +381,18 @@ impl KeyLayout {
     fn quota(&self, org: &str, bucket: &str) -> String {
         format!("{}:{{{org}}}:rate:{bucket}", self.0)
     }
+
+    fn revoked(&self, org: &str, jti: Uuid) -> String {
+        format!("{}:{{{org}}}:revoked:{}", self.0, jti.as_hyphenated())
+    }
+
+    fn revoked_before(&self, org: &str) -> String {
+        self.counter(org, "revoked-before")
+    }
+
+    fn revocations(&self) -> String {
+        format!("{}:revocations", self.0)
+    }
 }
 
 /// A Lua script, sent by hash and, when a node does not know it yet, by text.
@@ -370,6 +434,8 @@ impl ReplayStore for RedisStore {
     async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable> {
         let entry = self.keys.use_entry(use_of.org, use_of.jti);
         let redeemed = self.keys.counter(use_of.org, "redeemed");
+        let revoked = self.keys.revoked(use_of.org, use_of.jti);
+        let revoked_before = self.keys.revoked_before(use_of.org);
         // Each accepted use is a field named by its attempt, so a failed attempt takes back
         // exactly its own use (see `release_after_timeout`).
         let marker = use_of.attempt.simple().to_string();
@@ -390,13 +456,17 @@ impl ReplayStore for RedisStore {
             if self.require_persistence {
                 pipe.cmd("CONFIG").arg("GET").arg("append*");
             }
-            let mut consume = self.scripts.consume.call(by_hash, &[&entry, &redeemed]);
+            let mut consume = self
+                .scripts
+                .consume
+                .call(by_hash, &[&entry, &redeemed, &revoked, &revoked_before]);
             consume
                 .arg(use_of.allowed_uses)
                 .arg(use_of.expires_at)
                 .arg(&marker)
                 .arg(credit_limit)
-                .arg(use_of.outlive_seconds);
+                .arg(use_of.outlive_seconds)
+                .arg(use_of.issued_at);
             pipe.add_command(consume);
             pipe
         };
@@ -477,6 +547,118 @@ impl ReplayStore for RedisStore {
         let used: u64 = self.query(hlen).await?;
         Ok(used.min(u64::from(allowed_uses)) as u32)
     }
+
+    async fn revoke(&self, entry: RevokeEntry<'_>) -> Result<(), StoreUnavailable> {
+        let revocation = entry.revocation;
+        let (key, value, kind, named) = match revocation.covers {
+            Covers::Token(jti) => (
+                self.keys.revoked(&revocation.org, jti),
+                1,
+                "jti",
+                jti.as_hyphenated().to_string(),
+            ),
+            Covers::IssuedAtOrBefore(iat) => (
+                self.keys.revoked_before(&revocation.org),
+                iat,
+                "before",
+                iat.to_string(),
+            ),
+        };
+        // The entry first: once the answer says revoked, no redemption may succeed. The stream
+        // (another slot) only tells the fleet to close what is already open.
+        let build = |by_hash: bool| {
+            let mut record = self.scripts.revoke.call(by_hash, &[&key]);
+            record
+                .arg(value)
+                .arg(entry.expires_at)
+                .arg(entry.outlive_seconds);
+            let mut pipe = redis::pipe();
+            pipe.add_command(record);
+            pipe
+        };
+        self.pipeline(build).await?;
+        let oldest_kept = chrono::Utc::now().timestamp_millis() - FEED_RETENTION_MS;
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(self.keys.revocations())
+            .arg("MINID")
+            .arg("~")
+            .arg(oldest_kept.max(0))
+            .arg("*")
+            .arg("org")
+            .arg(&revocation.org)
+            .arg(kind)
+            .arg(named);
+        self.query::<String>(xadd).await.map(drop)
+    }
+
+    async fn is_revoked(&self, org: &str, jti: Uuid, iat: i64) -> Result<bool, StoreUnavailable> {
+        let mut mget = redis::cmd("MGET");
+        mget.arg(self.keys.revoked(org, jti))
+            .arg(self.keys.revoked_before(org));
+        let (token, before): (Option<i64>, Option<i64>) = self.query(mget).await?;
+        Ok(token.is_some() || before.is_some_and(|threshold| iat <= threshold))
+    }
+}
+
+#[async_trait]
+impl RevocationFeed for RedisStore {
+    async fn cursor_now(&self) -> Result<String, StoreUnavailable> {
+        let mut newest = redis::cmd("XREVRANGE");
+        newest
+            .arg(self.keys.revocations())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        let entries: Vec<(String, Vec<(String, String)>)> =
+            self.query_on(&self.feed_conn, newest).await?;
+        Ok(entries
+            .into_iter()
+            .next()
+            .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+    }
+
+    async fn revocations_after(
+        &self,
+        cursor: &str,
+    ) -> Result<(Vec<Revocation>, String), StoreUnavailable> {
+        let mut range = redis::cmd("XRANGE");
+        range
+            .arg(self.keys.revocations())
+            .arg(format!("({cursor}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(FEED_BATCH);
+        let entries: Vec<(String, Vec<(String, String)>)> =
+            self.query_on(&self.feed_conn, range).await?;
+        let mut cursor = cursor.to_owned();
+        let mut revocations = Vec::with_capacity(entries.len());
+        for (id, fields) in entries {
+            cursor = id;
+            // An entry this version cannot read (another version's) is skipped, not fatal.
+            if let Some(revocation) = revocation_from(&fields) {
+                revocations.push(revocation);
+            }
+        }
+        Ok((revocations, cursor))
+    }
+}
+
+/// Reads one stream entry: `org`, then `jti` or `before`.
+fn revocation_from(fields: &[(String, String)]) -> Option<Revocation> {
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let org = field("org")?.to_owned();
+    let covers = match (field("jti"), field("before")) {
+        (Some(jti), None) => Covers::Token(Uuid::parse_str(jti).ok()?),
+        (None, Some(iat)) => Covers::IssuedAtOrBefore(iat.parse().ok()?),
+        _ => return None,
+    };
+    Some(Revocation { org, covers })
 }
 
 impl RedisStore {
@@ -604,6 +786,10 @@ impl SharedStore for RedisStore {
     fn fleet_quota(self: Arc<Self>) -> Option<Arc<dyn FleetQuota>> {
         Some(self)
     }
+
+    fn revocation_feed(self: Arc<Self>) -> Option<Arc<dyn RevocationFeed>> {
+        Some(self)
+    }
 }
 
 /// A runtime of the store's own for all Redis I/O. The connection's driver task lives on
@@ -682,11 +868,13 @@ pub enum Persistence {
     Unknown(String),
 }
 
-/// Reads what the consume script answered: uses left, -1 (none left) or -2 (no credit).
+/// Reads what the consume script answered: uses left, -1 (none left), -2 (no credit) or -3
+/// (revoked).
 fn consumed(reply: &Value) -> Result<Consumed, StoreUnavailable> {
     match reply {
         Value::Int(-1) => Ok(Consumed::AlreadyUsed),
         Value::Int(-2) => Ok(Consumed::NoCredits),
+        Value::Int(-3) => Ok(Consumed::Revoked),
         Value::Int(left) => u32::try_from(*left)
             .map(|uses_remaining| Consumed::Accepted { uses_remaining })
             .map_err(|_| StoreUnavailable(format!("unexpected consume reply {left}"))),

@@ -25,6 +25,8 @@ pub enum Scope {
     Mint,
     /// May redeem and introspect tokens (what a gateway needs).
     Redeem,
+    /// May revoke tokens, one or an org's, and so end the sessions they opened.
+    Revoke,
 }
 
 impl Scope {
@@ -32,6 +34,7 @@ impl Scope {
         match self {
             Scope::Mint => "mint",
             Scope::Redeem => "redeem",
+            Scope::Revoke => "revoke",
         }
     }
 }

@@ -40,6 +40,7 @@ mod tests {
                 expires_at: chrono::Utc::now().timestamp() + 60,
                 credit_limit: Some(1),
                 outlive_seconds: 0,
+                issued_at: 0,
             })
             .await
             .unwrap();

@@ -58,6 +58,8 @@ pub enum RejectReason {
     WrongOrg,
     /// Valid, but of a token type this gateway surface does not admit.
     WrongTokenType,
+    /// Valid, but revoked (`POST /v1/tokens/revoke`), by itself or with its org's tokens.
+    Revoked,
 }
 
 impl RejectReason {
@@ -74,6 +76,7 @@ impl RejectReason {
             RejectReason::AlreadyUsed => "already_used",
             RejectReason::WrongOrg => "wrong_org",
             RejectReason::WrongTokenType => "wrong_token_type",
+            RejectReason::Revoked => "revoked",
         }
     }
 
@@ -92,6 +95,7 @@ impl RejectReason {
             RejectReason::AlreadyUsed => "the token has already been used",
             RejectReason::WrongOrg => "the token belongs to another organisation",
             RejectReason::WrongTokenType => "this endpoint does not accept tokens of this type",
+            RejectReason::Revoked => "the token has been revoked",
         }
     }
 }
@@ -106,7 +110,7 @@ pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, jsonwebtoken::e
 mod tests {
     use super::*;
 
-    const ALL: [RejectReason; 11] = [
+    const ALL: [RejectReason; 12] = [
         RejectReason::Malformed,
         RejectReason::AlgorithmNotAllowed,
         RejectReason::UnknownKid,
@@ -118,6 +122,7 @@ mod tests {
         RejectReason::AlreadyUsed,
         RejectReason::WrongOrg,
         RejectReason::WrongTokenType,
+        RejectReason::Revoked,
     ];
 
     #[test]

@@ -57,6 +57,22 @@ impl TokenVerifier {
         keyring: &Keyring,
         now: i64,
     ) -> Result<Claims, RejectReason> {
+        self.check(token, keyring, now, true)
+    }
+
+    /// Verifies everything but the redemption window: a token past `exp` still names the
+    /// sessions it opened (revocation ends them).
+    pub fn verify_any_age(&self, token: &str, keyring: &Keyring) -> Result<Claims, RejectReason> {
+        self.check(token, keyring, chrono::Utc::now().timestamp(), false)
+    }
+
+    fn check(
+        &self,
+        token: &str,
+        keyring: &Keyring,
+        now: i64,
+        window: bool,
+    ) -> Result<Claims, RejectReason> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(RejectReason::Malformed);
         }
@@ -94,7 +110,7 @@ impl TokenVerifier {
         if claims.exp < 0 {
             return Err(RejectReason::Malformed);
         }
-        if claims.exp < now - self.leeway_seconds {
+        if window && claims.exp < now - self.leeway_seconds {
             return Err(RejectReason::Expired);
         }
         if claims.iss != self.issuer {

@@ -36,7 +36,7 @@ use crate::support::process::ServerProcess;
 use crate::support::raw_http::{self, Answer, BuildRaw, Frames, RawRequest};
 use crate::support::routes::{
     ASSEMBLYAI, CHAT, CHAT_ALIAS, ELEVENLABS_SCRIBE, ELEVENLABS_TTS, FORWARD_AUTH, INTROSPECT,
-    MINT, REDEEM, STREAM_TOKEN,
+    MINT, REDEEM, REVOKE, STREAM_TOKEN,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -451,6 +451,7 @@ const TOKEN_ONLY: &[&str] = &["token"];
 const STREAM_OK: &[&str] = &["success", "token", "ttl"];
 const CHAT_OK: &[&str] = &["success", "token", "expires_in"];
 const USAGE: &[&str] = &["org", "minted", "redeemed", "credits_remaining"];
+const REVOKED: &[&str] = &["revoked", "sessions_closed"];
 
 fn canonical(code: &'static str) -> Expect {
     Expect::Canonical { code, reason: None }
@@ -495,6 +496,8 @@ struct Keys {
     dev: String,
     mint_only: String,
     redeem_only: String,
+    /// The dev org's, with the `revoke` scope only.
+    revoke_only: String,
 }
 
 /// What the token rows are built from.
@@ -520,6 +523,7 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
         dev,
         mint_only,
         redeem_only,
+        revoke_only,
     } = keys;
     let dev = dev.as_str();
     let used = tokens.used.clone();
@@ -711,6 +715,34 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     t.push(case("introspect: no API key", "POST", INTROSPECT).json(token_body(&good)).expect(401, canonical("missing_api_key")));
     t.push(case("introspect: mint-only key", "POST", INTROSPECT).bearer(mint_only).json(token_body(&good)).expect(403, canonical("forbidden")));
     t.push(case("introspect: unknown field", "POST", INTROSPECT).bearer(dev).json(r#"{"token":"x","consume":true}"#).expect(400, canonical("invalid_request")));
+
+    // ---- POST /v1/tokens/revoke ---------------------------------------------------------------
+    // Never the dev org as a whole: the other rows' tokens must stay good.
+    let jti_of = |token: &str| claims_of(token)["jti"].as_str().unwrap().to_owned();
+    t.push(case("revoke: a fresh token (control)", "POST", REVOKE).bearer(revoke_only).json(token_body(&fresh())).expect(200, Expect::Fields(REVOKED)));
+    t.push(case("revoke: a jti of the key's org (control)", "POST", REVOKE).bearer(revoke_only).json(json!({ "jti": jti_of(&fresh()) }).to_string()).expect(200, Expect::Fields(REVOKED)));
+    t.push(case("revoke: an expired token still names its sessions", "POST", REVOKE).bearer(revoke_only).json(token_body(&expired)).expect(200, Expect::Fields(REVOKED)));
+    t.push(case("revoke: none of token, jti, org", "POST", REVOKE).bearer(revoke_only).json("{}").expect(400, canonical("invalid_request")));
+    t.push(case("revoke: no body", "POST", REVOKE).bearer(revoke_only).expect(400, canonical("invalid_request")));
+    t.push(case("revoke: token and jti", "POST", REVOKE).bearer(revoke_only).json(json!({ "token": good, "jti": Uuid::new_v4() }).to_string()).expect(400, canonical("invalid_request")));
+    t.push(case("revoke: token and org", "POST", REVOKE).bearer(revoke_only).json(json!({ "token": good, "org": "dev" }).to_string()).expect(400, canonical("invalid_request")));
+    t.push(case("revoke: jti that is not a UUID", "POST", REVOKE).bearer(revoke_only).json(r#"{"jti":"not-a-uuid"}"#).expect(400, canonical("invalid_request")));
+    t.push(case("revoke: jti that is a number", "POST", REVOKE).bearer(revoke_only).json(r#"{"jti":7}"#).expect(400, canonical("invalid_request")));
+    t.push(case("revoke: jti null", "POST", REVOKE).bearer(revoke_only).json(r#"{"jti":null}"#).expect(400, canonical("invalid_request")));
+    t.push(case("revoke: org outside its rule", "POST", REVOKE).bearer(revoke_only).json(r#"{"org":"a b"}"#).expect(400, canonical("invalid_request")));
+    t.push(case("revoke: org of 65 characters", "POST", REVOKE).bearer(revoke_only).json(json!({ "org": "o".repeat(65) }).to_string()).expect(400, canonical("invalid_request")));
+    t.push(case("revoke: unknown field", "POST", REVOKE).bearer(revoke_only).json(r#"{"org":"dev","all":true}"#).expect(400, canonical("invalid_request")));
+    t.push(case("revoke: another org, by an org-bound key", "POST", REVOKE).bearer(revoke_only).json(r#"{"org":"acme"}"#).expect(403, canonical("wrong_org")));
+    t.push(case("revoke: an unknown org, by an org-bound key", "POST", REVOKE).bearer(revoke_only).json(r#"{"org":"nobody-here"}"#).expect(403, canonical("wrong_org")));
+    t.push(case("revoke: a jti of another org, by an org-bound key", "POST", REVOKE).bearer(revoke_only).json(json!({ "jti": Uuid::new_v4(), "org": "acme" }).to_string()).expect(403, canonical("wrong_org")));
+    t.push(case("revoke: another org's token, by an org-bound key", "POST", REVOKE).bearer(revoke_only).json(token_body(&acme_token())).expect(403, canonical("wrong_org")));
+    t.push(case("revoke: a token whose signature does not verify", "POST", REVOKE).bearer(revoke_only).json(token_body(&flip_bit(&good, 2))).expect(401, canonical("invalid_token")));
+    t.push(case("revoke: an empty token", "POST", REVOKE).bearer(revoke_only).json(token_body("")).expect(401, canonical("invalid_token")));
+    t.push(case("revoke: 1 MB token (body limit)", "POST", REVOKE).bearer(revoke_only).json(token_body(&mega_token)).expect(413, canonical("payload_too_large")));
+    t.push(case("revoke: no API key", "POST", REVOKE).json(token_body(&good)).expect(401, canonical("missing_api_key")));
+    t.push(case("revoke: a key without the revoke scope", "POST", REVOKE).bearer(dev).json(token_body(&good)).expect(403, canonical("forbidden")));
+    t.push(case("revoke: text/plain", "POST", REVOKE).bearer(revoke_only).header("Content-Type", "text/plain").body("{}").expect(415, canonical("unsupported_media_type")));
+    t.push(case("revoke: GET", "GET", REVOKE).bearer(revoke_only).expect(405, canonical("method_not_allowed")).with_response_header("allow", "POST"));
 
     // ---- GET /v1/stream -----------------------------------------------------------------------
     t.push(case("stream: plain GET is not a handshake", "GET", "/v1/stream").expect(400, canonical("invalid_request")));
@@ -945,6 +977,7 @@ fn start_server(env: &[(&str, &str)]) -> Server {
         dev,
         mint_only: add_api_key(dir.path(), "acme", &["mint"], &["--name", "m"]),
         redeem_only: add_api_key(dir.path(), "acme", &["redeem"], &["--name", "r"]),
+        revoke_only: add_api_key(dir.path(), "dev", &["revoke"], &["--name", "x"]),
     };
     let mut env = env.to_vec();
     env.push(("STREAMTOKEN_RATE_PER_MINUTE", "1000000"));
@@ -1003,7 +1036,7 @@ fn every_route_answers_every_hostile_request_in_its_own_envelope_and_never_with_
     let server = start_server(&[]);
     let (address, keys, forge) = (&server.address, &server.keys, &server.forge);
     let mut tokens = Tokens {
-        fresh: (0..16).map(|_| mint(address, &keys.dev)).collect(),
+        fresh: (0..20).map(|_| mint(address, &keys.dev)).collect(),
         used: mint(address, &keys.dev),
     };
     redeem(address, &keys.dev, &tokens.used);

@@ -16,6 +16,7 @@ mod proxy;
 mod redis;
 mod redis_cluster_support;
 mod replication;
+mod revocation;
 mod rotation;
 mod sessions;
 mod shutdown;

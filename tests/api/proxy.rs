@@ -357,3 +357,32 @@ async fn on_assemblyais_streaming_path_a_refusal_speaks_assemblyais_error_frame(
     );
     assert_eq!(closed.0, 4003);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoking_the_token_ends_a_proxied_session_with_4010_and_closes_the_upstream() {
+    let upstream = Upstream::start(Behaviour::Echo).await;
+    let app = app_proxying(&[("/rt", upstream.url("/"))], StreamSettings::default()).await;
+    let revoker = app.add_api_key("dev", &[streamtoken::tenancy::api_keys::Scope::Revoke]);
+    let token = app.mint_token(json!({})).await;
+    let mut ws = open(&app, &format!("/rt?token={token}")).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hello"));
+
+    let revoked = app
+        .post_json(
+            "/v1/tokens/revoke",
+            Some(&revoker),
+            &json!({ "token": token }),
+        )
+        .await;
+    assert_eq!(revoked.status(), 200);
+    let answered = Instant::now();
+    let closed = close_of(&next_data(&mut ws).await);
+
+    assert_eq!(closed, (4010, "revoked".to_owned()));
+    assert!(answered.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        upstream.wait_for_closes(1).await,
+        [(1000, "session revoked".to_owned())]
+    );
+}

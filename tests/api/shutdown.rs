@@ -45,6 +45,7 @@ fn a_redis_connection_first_used_by_a_worker_that_stopped_still_serves_the_other
         expires_at: now() + 60,
         credit_limit: None,
         outlive_seconds: 0,
+        issued_at: 0,
     }));
 
     // Assert

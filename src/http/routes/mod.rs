@@ -5,6 +5,7 @@ mod demo;
 mod forward_auth;
 mod ops;
 mod proxy;
+mod revoke;
 mod stream;
 mod tokens;
 mod usage;
@@ -37,6 +38,7 @@ pub fn configure(
             Method::POST,
             web::to(tokens::introspect),
         ),
+        ("/v1/tokens/revoke", Method::POST, web::to(revoke::revoke)),
         ("/v1/usage", Method::GET, web::to(usage::usage)),
         ("/v1/stream", Method::GET, web::to(stream::stream)),
         ("/healthz", Method::GET, web::to(ops::healthz)),

@@ -29,13 +29,15 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::admission::redeem::Redemption;
+use crate::admission::revocation::LiveSession;
 use crate::gateway::BEARER_SUBPROTOCOL;
 use crate::http::connection::ConnectionSocket;
 use crate::http::error::ApiError;
 use crate::http::identity::identity_headers;
 use crate::http::state::AppState;
 use crate::http::websocket::{
-    admit, close, in_flight, refuse, Dialect, Sending, CLOSE_WAIT, MAX_FRAME_BYTES,
+    admit, close, in_flight, refuse, revoked, Admitted, Dialect, Sending, CLOSE_WAIT,
+    MAX_FRAME_BYTES,
 };
 use crate::settings::{ProxyRoute, StreamSettings};
 
@@ -77,7 +79,11 @@ pub async fn relay(
     let socket = ConnectionSocket::of(&req);
     actix_web::rt::spawn(async move {
         match admitted {
-            Ok((redemption, _slot)) => match open_upstream(&route, &query, &redemption).await {
+            Ok(Admitted {
+                redemption,
+                slot: _slot,
+                live,
+            }) => match open_upstream(&route, &query, &redemption).await {
                 Ok(upstream) => {
                     let _open = state.metrics.session_opened();
                     let shutdown = state.shutdown.subscribe();
@@ -86,6 +92,7 @@ pub async fn relay(
                         messages,
                         upstream,
                         &redemption,
+                        live,
                         &state.stream,
                         shutdown,
                     )
@@ -197,6 +204,7 @@ async fn run_relay(
     messages: MessageStream,
     upstream: Upstream,
     redemption: &Redemption,
+    mut live: LiveSession,
     settings: &StreamSettings,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -227,6 +235,10 @@ async fn run_relay(
             _ = shutdown.wait_for(|stopping| *stopping) => {
                 break Ending::both(1001, "server shutting down");
             }
+            _ = live.revoked() => break Ending {
+                client: Some(revoked()),
+                upstream: Some(upstream_close(1000, "session revoked")),
+            },
             _ = sleep_until(client_by.unwrap_or(deadline)), if client_by.is_some() => {
                 break Ending {
                     client: Some(close(1008, "client not reading")),

@@ -16,12 +16,14 @@ use serde::Serialize;
 use tokio::time::{sleep_until, Instant};
 
 use crate::admission::redeem::Redemption;
+use crate::admission::revocation::LiveSession;
 use crate::gateway::BEARER_SUBPROTOCOL;
 use crate::http::connection::ConnectionSocket;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::http::websocket::{
-    admit, close, in_flight, refuse, to_json, Dialect, Sending, CLOSE_WAIT, MAX_FRAME_BYTES,
+    admit, close, in_flight, refuse, revoked, to_json, Admitted, Dialect, Sending, CLOSE_WAIT,
+    MAX_FRAME_BYTES,
 };
 use crate::settings::StreamSettings;
 
@@ -43,9 +45,14 @@ pub async fn stream(
     let memory = state.memory.clone();
     actix_web::rt::spawn(async move {
         match outcome {
-            Ok((redemption, _slot)) => {
+            Ok(admitted) => {
                 let _open = metrics.session_opened();
-                run_session(session, messages, redemption, settings, shutdown).await;
+                let Admitted {
+                    redemption,
+                    slot: _slot,
+                    live,
+                } = admitted;
+                run_session(session, messages, redemption, live, settings, shutdown).await;
             }
             Err(error) => {
                 refuse(session, &error, Dialect::Canonical).await;
@@ -92,6 +99,7 @@ async fn run_session(
     session: Session,
     messages: MessageStream,
     redemption: Redemption,
+    mut live: LiveSession,
     settings: StreamSettings,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -122,6 +130,7 @@ async fn run_session(
             _ = shutdown.wait_for(|stopping| *stopping) => {
                 break Some(close(1001, "server shutting down"));
             }
+            _ = live.revoked() => break Some(revoked()),
             _ = sleep_until(send_by.unwrap_or(deadline)), if send_by.is_some() => {
                 break Some(close(1008, "client not reading"));
             }

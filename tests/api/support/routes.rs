@@ -4,6 +4,7 @@
 pub const MINT: &str = "/v1/tokens";
 pub const REDEEM: &str = "/v1/tokens/redeem";
 pub const INTROSPECT: &str = "/v1/tokens/introspect";
+pub const REVOKE: &str = "/v1/tokens/revoke";
 /// The reference streaming gateway (a WebSocket).
 pub const STREAM: &str = "/v1/stream";
 /// A reverse proxy's auth subrequest (any method).
