@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::redis_connection::RedisConnection;
+use super::redis_store::{not_persistent, persistence_from_pairs, Persistence};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Health {
@@ -187,16 +188,12 @@ async fn check_node(
         let mut config = redis::cmd("CONFIG");
         config.arg("GET").arg("append*");
         let pairs: Result<Vec<String>, String> = query_node(conn, host, port, config).await;
-        let persists = pairs.is_ok_and(|pairs| {
-            pairs.chunks(2).any(|p| p == ["appendonly", "yes"])
-                && pairs.chunks(2).any(|p| p == ["appendfsync", "always"])
-        });
-        if !persists {
-            problem = Some(
-                "strict mode (STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE) needs appendonly yes and \
-                 appendfsync always"
-                    .to_owned(),
-            );
+        let persistence = match pairs {
+            Ok(pairs) => persistence_from_pairs(&pairs),
+            Err(why) => Persistence::Unknown(why),
+        };
+        if persistence != Persistence::EveryWrite {
+            problem = Some(not_persistent(&persistence).0);
         }
     }
     Ok((skew, problem))

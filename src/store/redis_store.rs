@@ -171,8 +171,7 @@ impl RedisStore {
     /// What Redis says about its persistence (`CONFIG GET appendonly` / `appendfsync`), asked of
     /// the node that holds `key`.
     async fn persistence(&self, key: &str) -> Result<Persistence, StoreUnavailable> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("EXISTS").arg(key).ignore();
+        let mut pipe = on_node_of(key);
         pipe.cmd("CONFIG").arg("GET").arg("append*");
         let mut conn = self.conn.clone();
         let reply = self
@@ -224,16 +223,31 @@ impl RedisStore {
         }
     }
 
-    /// Takes back the use `marker` recorded, and its count or credit.
-    async fn release_marked(
+    /// Takes back the use `marker` recorded, and its count or credit. If Redis does not answer,
+    /// the release is queued behind whatever is in flight (best effort, as after a timeout) and
+    /// the failure is returned.
+    async fn take_back(
         &self,
         entry: &str,
         redeemed: &str,
         marker: &str,
     ) -> Result<(), StoreUnavailable> {
+        let released = self
+            .query::<i64>(self.release_command(entry, redeemed, marker))
+            .await
+            .map(drop);
+        if released.is_err() {
+            self.release_after_timeout(entry, redeemed, marker);
+        }
+        released
+    }
+
+    /// The release script by text: it may run long after it was sent, on a node that never
+    /// loaded it.
+    fn release_command(&self, entry: &str, redeemed: &str, marker: &str) -> redis::Cmd {
         let mut release = self.scripts.release.call(false, &[entry, redeemed]);
         release.arg(marker);
-        self.query::<i64>(release).await.map(drop)
+        release
     }
 
     /// After a timeout the write may still be queued (a paused Redis runs it later). Queue a
@@ -242,9 +256,7 @@ impl RedisStore {
     /// write either ran before the loss or never will.
     fn release_after_timeout(&self, entry: &str, redeemed: &str, marker: &str) {
         let mut conn = self.conn.clone();
-        // By text: it may run long after it was sent, on a node that never loaded the script.
-        let mut release = self.scripts.release.call(false, &[entry, redeemed]);
-        release.arg(marker);
+        let release = self.release_command(entry, redeemed, marker);
         self.io.handle().spawn(async move {
             let _ =
                 tokio::time::timeout(RELEASE_DEADLINE, release.query_async::<i64>(&mut conn)).await;
@@ -365,6 +377,15 @@ async fn flush_minted(
     }
 }
 
+/// A pipeline the cluster client sends to the node holding `key`, for keyless commands that must
+/// be answered by that node (`CONFIG GET`, `WAIT`): the client routes a pipeline by its first
+/// keyed command, so a single-key `HLEN`, whose reply is dropped, leads.
+fn on_node_of(key: &str) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.cmd("HLEN").arg(key).ignore();
+    pipe
+}
+
 /// Where each piece of state lives; see the module comment.
 #[derive(Debug, Clone)]
 struct KeyLayout(String);
@@ -448,9 +469,9 @@ impl ReplayStore for RedisStore {
         let credit_limit = use_of
             .credit_limit
             .map_or(-1, |limit| limit.min(i64::MAX as u64) as i64);
-        // One round trip to the node holding the entry: [the persistence check,] the use,
-        // [`WAIT` for replicas]. The check and the acknowledgement concern the very node that
-        // recorded the use: a Redis restarted without persistence cannot slip in between.
+        // One round trip to the node holding the entry: [the persistence check,] the use. The
+        // check concerns the very node that records the use: a Redis restarted without
+        // persistence cannot slip in between. (`WAIT` for replicas follows only an accepted use.)
         let build = |by_hash: bool| {
             let mut pipe = redis::pipe();
             if self.require_persistence {
@@ -500,20 +521,14 @@ impl ReplayStore for RedisStore {
         if let Some(persistence) = persistence.filter(|p| *p != Persistence::EveryWrite) {
             // Redis would not keep this use across a restart: take it back and refuse, so the
             // token can be redeemed once persistence is on.
-            self.release_marked(&entry, &redeemed, &marker).await?;
+            self.take_back(&entry, &redeemed, &marker).await?;
             return Err(not_persistent(&persistence));
         }
         if self.replica_acks > 0 {
             let acknowledged = self.replicas_holding(&entry).await.unwrap_or(0);
             if acknowledged < i64::from(self.replica_acks) {
                 // A failover now could forget this use: take it back and let the client retry.
-                if self
-                    .release_marked(&entry, &redeemed, &marker)
-                    .await
-                    .is_err()
-                {
-                    self.release_after_timeout(&entry, &redeemed, &marker);
-                }
+                let _ = self.take_back(&entry, &redeemed, &marker).await;
                 return Err(StoreUnavailable(format!(
                     "{acknowledged} of the {} Redis replicas required \
                      (STREAMTOKEN_REDIS_REPLICA_ACKS) acknowledged the use in time",
@@ -528,12 +543,7 @@ impl ReplayStore for RedisStore {
         let entry = self.keys.use_entry(use_of.org, use_of.jti);
         let redeemed = self.keys.counter(use_of.org, "redeemed");
         let marker = use_of.attempt.simple().to_string();
-        let released = self.release_marked(&entry, &redeemed, &marker).await;
-        if released.is_err() {
-            // Queued behind whatever is in flight; best effort, as after a timeout.
-            self.release_after_timeout(&entry, &redeemed, &marker);
-        }
-        released
+        self.take_back(&entry, &redeemed, &marker).await
     }
 
     async fn uses_recorded(
@@ -664,11 +674,9 @@ fn revocation_from(fields: &[(String, String)]) -> Option<Revocation> {
 impl RedisStore {
     /// How many replicas hold every write so far on the connection to the node of `key` (Redis
     /// `WAIT`). Asked only after a use was recorded: a refusal wrote nothing and need not wait,
-    /// and `WAIT` holds up that node's shared connection while it waits. The keyed `HLEN` in
-    /// front routes the pipeline to that node (a bare `WAIT` would go to every master).
+    /// and `WAIT` holds up that node's shared connection while it waits.
     async fn replicas_holding(&self, key: &str) -> Result<i64, StoreUnavailable> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("HLEN").arg(key).ignore();
+        let mut pipe = on_node_of(key);
         pipe.cmd("WAIT")
             .arg(self.replica_acks)
             .arg(self.wait_millis());
@@ -825,7 +833,7 @@ impl Drop for IoRuntime {
 }
 
 /// Reads `CONFIG GET append*` (name, value, name, value, …).
-fn persistence_from_pairs(pairs: &[String]) -> Persistence {
+pub(super) fn persistence_from_pairs(pairs: &[String]) -> Persistence {
     let value = |name: &str| {
         pairs
             .chunks(2)
@@ -848,7 +856,7 @@ fn persistence_from(reply: &Value) -> Persistence {
     }
 }
 
-fn not_persistent(persistence: &Persistence) -> StoreUnavailable {
+pub(super) fn not_persistent(persistence: &Persistence) -> StoreUnavailable {
     StoreUnavailable(format!(
         "strict mode (STREAMTOKEN_REDIS_REQUIRE_PERSISTENCE) needs Redis with appendonly yes and \
          appendfsync always; it reports {persistence:?}"

@@ -843,3 +843,38 @@ async fn a_store_clock_past_the_leeway_makes_readyz_503_and_past_half_of_it_warn
         .unwrap();
     assert!((9.5..10.5).contains(&reported), "{reported}");
 }
+
+/// Strict mode's check before the write must reach the master that records the use: without a
+/// keyed command leading its pipeline the cluster client sends it to any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strict_mode_on_a_cluster_asks_the_master_that_records_the_use() {
+    // Arrange: only the dev org's master persists every write.
+    let Some(cluster) = RedisCluster::start(3, 0) else {
+        return;
+    };
+    let master = cluster.master_for_key("{dev}");
+    for setting in [["appendonly", "yes"], ["appendfsync", "always"]] {
+        let set = cluster.command(master, &["CONFIG", "SET", setting[0], setting[1]]);
+        assert_eq!(set.to_string(), "OK", "CONFIG SET {setting:?}");
+    }
+    let mut settings = cluster_settings(&cluster);
+    settings.require_persistence = true;
+    let app = spawn_app_with(Options {
+        redis: Some(settings),
+        ..Options::default()
+    })
+    .await;
+
+    // Act
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let token = app.mint_token(json!({})).await;
+        statuses.push(app.redeem(&token).await.status());
+    }
+
+    // Assert
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+}
