@@ -29,35 +29,32 @@ async fn main() {
         Some("serve") => serve(args[2].parse().expect("a port")).await,
         Some("load") => {
             let seconds: u64 = args[3].parse().expect("seconds");
-            let urls: Vec<String> = match args.get(4) {
-                Some(file) => std::fs::read_to_string(file)
-                    .expect("tokens file")
-                    .lines()
-                    .take(CONNECTIONS)
-                    .map(|token| format!("{}?token={token}", args[2]))
-                    .collect(),
-                None => vec![args[2].clone(); CONNECTIONS],
-            };
+            let urls = session_urls(&args[2], CONNECTIONS, args.get(4));
             load(urls, Duration::from_secs(seconds)).await;
         }
         Some("storm") => {
             let sessions: usize = args[3].parse().expect("sessions");
             let concurrency: usize = args[4].parse().expect("concurrency");
-            let urls: Vec<String> = match args.get(5) {
-                Some(file) => std::fs::read_to_string(file)
-                    .expect("tokens file")
-                    .lines()
-                    .take(sessions)
-                    .map(|token| format!("{}?token={token}", args[2]))
-                    .collect(),
-                None => vec![args[2].clone(); sessions],
-            };
+            let urls = session_urls(&args[2], sessions, args.get(5));
             storm(urls, concurrency).await;
         }
         _ => eprintln!(
             "usage: ws_frames serve <port> | load <url> <seconds> [tokens-file] | \
              storm <url> <sessions> <concurrency> [tokens-file]"
         ),
+    }
+}
+
+/// `count` session URLs: `url?token=<line i>` of the tokens file, or `url` itself without one.
+fn session_urls(url: &str, count: usize, tokens_file: Option<&String>) -> Vec<String> {
+    match tokens_file {
+        Some(file) => std::fs::read_to_string(file)
+            .expect("tokens file")
+            .lines()
+            .take(count)
+            .map(|token| format!("{url}?token={token}"))
+            .collect(),
+        None => vec![url.to_owned(); count],
     }
 }
 

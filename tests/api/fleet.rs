@@ -22,7 +22,7 @@ use crate::support::outcomes::{outcome, tally, ACCEPTED};
 use crate::support::process::{cli, ServerProcess};
 use crate::support::redis_cluster::RedisCluster;
 use crate::support::redis_server::RedisReply;
-use crate::support::tls::certificates;
+use crate::support::tls::{assert_an_untrusting_app_fails_closed, certificates};
 
 const ALREADY_USED: &str = "409 token_already_used";
 const UNAVAILABLE: &str = "503 replay_store_unavailable";
@@ -155,6 +155,18 @@ async fn redeem_each_until_answered(
         }
     }
     outcomes
+}
+
+/// A server's `/readyz` status and body.
+async fn readiness(client: &reqwest::Client, server: &ServerProcess) -> (StatusCode, Value) {
+    let ready = client.get(server.url("/readyz")).send().await.unwrap();
+    (ready.status(), ready.json().await.unwrap())
+}
+
+/// A server's `/metrics` text.
+async fn metrics_of(client: &reqwest::Client, server: &ServerProcess) -> String {
+    let metrics = client.get(server.url("/metrics")).send().await.unwrap();
+    metrics.text().await.unwrap()
 }
 
 fn redeem_urls(fleet: &[ServerProcess]) -> Vec<String> {
@@ -511,17 +523,8 @@ async fn with_the_store_stopped_minting_goes_on_under_local_quotas_and_readyz_sa
         statuses
     };
     let took = started.elapsed();
-    let ready = client.get(server.url("/readyz")).send().await.unwrap();
-    let ready_status = ready.status();
-    let body: Value = ready.json().await.unwrap();
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (ready_status, body) = readiness(&client, server).await;
+    let metrics = metrics_of(&client, server).await;
     cluster.resume_all();
 
     // Assert: every mint answered, each within the store timeout (500 ms) plus slack.
@@ -759,20 +762,8 @@ async fn a_cluster_reached_over_tls_keeps_tokens_single_use_and_an_unknown_ca_fa
     masters.sort_unstable();
     assert_eq!(checked, masters, "{body}");
 
-    // Without our CA the nodes' certificate is not trusted: fail closed. (A longer store timeout,
-    // so a loaded machine shows the certificate error rather than a timeout.)
-    settings.tls_ca_file = None;
-    settings.timeout = Duration::from_secs(3);
-    let untrusting = spawn_app_with(Options {
-        redis: Some(settings),
-        ..Options::default()
-    })
-    .await;
-    let token = untrusting.mint_token(json!({})).await;
-    assert_eq!(
-        untrusting.redeem(&token).await.status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    // Without our CA the nodes' certificate is not trusted: fail closed.
+    let untrusting = assert_an_untrusting_app_fails_closed(settings).await;
     let not_ready = untrusting.get("/readyz").await;
     assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body = not_ready.text().await.unwrap();
@@ -809,20 +800,9 @@ async fn a_store_clock_past_the_leeway_makes_readyz_503_and_past_half_of_it_warn
         Duration::from_secs(5),
     );
     let near_warning = near.wait_for_log("more than half of", Duration::from_secs(5));
-    let far_ready = client.get(far.url("/readyz")).send().await.unwrap();
-    let far_status = far_ready.status();
-    let far_body: Value = far_ready.json().await.unwrap();
-    let near_ready = client.get(near.url("/readyz")).send().await.unwrap();
-    let near_status = near_ready.status();
-    let near_body: Value = near_ready.json().await.unwrap();
-    let gauge = client
-        .get(far.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (far_status, far_body) = readiness(&client, &far).await;
+    let (near_status, near_body) = readiness(&client, &near).await;
+    let gauge = metrics_of(&client, &far).await;
 
     // Assert
     assert!(far_error.contains("+10."), "{far_error}");

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::support::app::{redis_settings, spawn_app_with, Options, TestApp};
 use crate::support::redis_server::{RedisReply, RedisServer};
-use crate::support::tls::certificates;
+use crate::support::tls::{assert_an_untrusting_app_fails_closed, certificates};
 
 const REPLICA_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -143,15 +143,5 @@ async fn a_redis_reached_over_tls_keeps_tokens_single_use_and_an_unknown_ca_is_r
     assert_eq!(redis.command(&["HLEN", &entry]), RedisReply::Int(1));
 
     // Without our CA the server's certificate is not trusted: fail closed.
-    settings.tls_ca_file = None;
-    let untrusting = spawn_app_with(Options {
-        redis: Some(settings),
-        ..Options::default()
-    })
-    .await;
-    let token = untrusting.mint_token(json!({})).await;
-    assert_eq!(
-        untrusting.redeem(&token).await.status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_an_untrusting_app_fails_closed(settings).await;
 }

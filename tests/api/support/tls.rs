@@ -81,3 +81,24 @@ impl TestCa {
         }
     }
 }
+
+/// An app on `redis` without its CA file, so the store's certificate is not trusted: asserts a
+/// redemption fails closed (503) and returns the app for more checks. A generous store timeout,
+/// so a loaded machine reports the certificate error rather than a timeout.
+pub async fn assert_an_untrusting_app_fails_closed(
+    mut redis: streamtoken::settings::RedisSettings,
+) -> super::app::TestApp {
+    redis.tls_ca_file = None;
+    redis.timeout = std::time::Duration::from_secs(3);
+    let app = super::app::spawn_app_with(super::app::Options {
+        redis: Some(redis),
+        ..super::app::Options::default()
+    })
+    .await;
+    let token = app.mint_token(serde_json::json!({})).await;
+    assert_eq!(
+        app.redeem(&token).await.status(),
+        reqwest::StatusCode::SERVICE_UNAVAILABLE
+    );
+    app
+}
