@@ -38,6 +38,7 @@ async fn main() {
                 credit_limit: None,
                 outlive_seconds: 0,
                 issued_at: 0,
+                session: None,
             })
             .await
             .expect("memory store answers");

@@ -30,6 +30,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     open_sessions: IntGauge,
     revocations: IntCounterVec,
+    resumed: IntCounterVec,
 }
 
 impl Metrics {
@@ -110,6 +111,15 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let resumed = IntCounterVec::new(
+            Opts::new(
+                "streamtoken_sessions_resumed_total",
+                "Sessions re-opened within their reconnect grace (no use consumed), by token type",
+            ),
+            &["token_type"],
+        )
+        .expect("valid metric");
+
         let registry = Registry::new();
         for collector in [
             Box::new(minted.clone()) as Box<dyn prometheus::core::Collector>,
@@ -122,6 +132,7 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(open_sessions.clone()),
             Box::new(revocations.clone()),
+            Box::new(resumed.clone()),
         ] {
             registry
                 .register(collector)
@@ -140,6 +151,7 @@ impl Metrics {
             request_duration,
             open_sessions,
             revocations,
+            resumed,
         }
     }
 
@@ -151,6 +163,11 @@ impl Metrics {
     pub fn minted(&self, route: &str, token_type: &str) {
         let token_type = self.token_type_label(token_type);
         self.minted.with_label_values(&[route, token_type]).inc();
+    }
+
+    pub fn resumed(&self, token_type: &str) {
+        let token_type = self.token_type_label(token_type);
+        self.resumed.with_label_values(&[token_type]).inc();
     }
 
     pub fn redeemed(&self, token_type: &str) {

@@ -11,11 +11,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::input::integer_from_text;
-use crate::token::params::TokenType;
+use crate::token::params::{ReconnectGrace, TokenType};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
+    /// This process's name in the session listing (`STREAMTOKEN_INSTANCE`).
+    pub instance: String,
     /// HTTPS (and WSS) on `bind`; `None` serves plain HTTP. The admin listener is always plain.
     pub tls: Option<TlsSettings>,
     /// A second listener for operations; when set, `/metrics` answers there only.
@@ -50,12 +52,13 @@ pub struct ProxyRoute {
 }
 
 /// Paths the service serves itself; a proxy route may not take one.
-pub const BUILT_IN_PATHS: [&str; 17] = [
+pub const BUILT_IN_PATHS: [&str; 18] = [
     "/v1/tokens",
     "/v1/tokens/redeem",
     "/v1/tokens/introspect",
     "/v1/tokens/revoke",
     "/v1/usage",
+    "/v1/sessions",
     "/v1/stream",
     "/v1/forward-auth",
     "/healthz",
@@ -207,6 +210,8 @@ pub struct TokenSettings {
     pub audience: String,
     /// Seconds of clock skew tolerated when checking `exp`.
     pub leeway_seconds: u64,
+    /// The reconnect grace of a single-use token whose mint request does not set one.
+    pub reconnect_grace_seconds: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -316,6 +321,7 @@ impl Settings {
         let bind: SocketAddr = env.parsed("STREAMTOKEN_BIND", DEFAULT_BIND)?;
         Ok(Settings {
             bind,
+            instance: env.name("STREAMTOKEN_INSTANCE", &default_instance_name(Some(bind)))?,
             tls: env.tls()?,
             admin_bind: match env.text("STREAMTOKEN_ADMIN_BIND") {
                 None => None,
@@ -342,6 +348,11 @@ impl Settings {
                     DEFAULT_LEEWAY_SECONDS,
                     0..=MAX_LEEWAY_SECONDS,
                 )?,
+                reconnect_grace_seconds: env.number(
+                    "STREAMTOKEN_RECONNECT_GRACE_SECONDS",
+                    u64::from(ReconnectGrace::default().get()),
+                    u64::from(ReconnectGrace::MIN)..=u64::from(ReconnectGrace::MAX),
+                )? as u32,
             },
             workers: env.number("STREAMTOKEN_WORKERS", default_workers() as u64, 1..=1024)?
                 as usize,
@@ -422,12 +433,26 @@ impl Settings {
     }
 }
 
+/// `<host name>:<port>`: tells apart processes on several hosts and on one.
+pub fn default_instance_name(bind: Option<SocketAddr>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "streamtoken".into());
+    match bind {
+        Some(bind) => format!("{host}:{}", bind.port()),
+        None => host,
+    }
+}
+
 impl Default for TokenSettings {
     fn default() -> Self {
         TokenSettings {
             issuer: DEFAULT_ISSUER.into(),
             audience: DEFAULT_AUDIENCE.into(),
             leeway_seconds: DEFAULT_LEEWAY_SECONDS,
+            reconnect_grace_seconds: ReconnectGrace::default().get(),
         }
     }
 }

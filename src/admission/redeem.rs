@@ -8,10 +8,11 @@ use chrono::{DateTime, Utc};
 
 use crate::admission::policy::Policy;
 use crate::admission::revocation::{LiveSession, LiveSessions};
+use crate::admission::session::HeldSession;
 use crate::keys::keyring::{KeyFileModes, KeyringHandle};
 use crate::metrics::Metrics;
 use crate::settings::TokenSettings;
-use crate::store::{Consumed, SharedStore, StoreUnavailable, UseOf};
+use crate::store::{Consumed, SessionOf, SessionRef, SharedStore, StoreUnavailable, UseOf};
 use crate::token::claims::{Claims, RejectReason};
 use crate::token::verify::TokenVerifier;
 
@@ -23,6 +24,9 @@ pub struct Redemption {
     pub uses_remaining: u32,
     /// When the session opened with this redemption must end.
     pub session_expires_at: DateTime<Utc>,
+    /// The token re-opened the session a dropped connection left, within its reconnect grace:
+    /// the same session (`jti`) and deadline, and no use was consumed.
+    pub resumed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,15 @@ impl Introspection {
     }
 }
 
+/// Whether the surface redeeming holds the session's connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holding {
+    /// A grant (HTTP redeem, forward-auth, the `Redeemed` extractor): the connection is held
+    /// elsewhere, so a re-opening within the grace counts from the grant.
+    Nothing,
+    Connection,
+}
+
 pub struct Redeemer {
     keyring: Arc<KeyringHandle>,
     verifier: TokenVerifier,
@@ -66,6 +79,8 @@ pub struct Redeemer {
     policy: Policy,
     /// The sessions open on this process, told when their token is revoked.
     live_sessions: Arc<LiveSessions>,
+    /// This process's name in the session listing.
+    instance: String,
 }
 
 impl Redeemer {
@@ -82,7 +97,14 @@ impl Redeemer {
             metrics: None,
             policy: Policy::any(),
             live_sessions: LiveSessions::new(),
+            instance: crate::settings::default_instance_name(None),
         }
+    }
+
+    /// The name the session listing shows for sessions held by this process.
+    pub fn with_instance(mut self, instance: String) -> Self {
+        self.instance = instance;
+        self
     }
 
     /// Counts redemptions, refusals by reason, and replay-store errors.
@@ -105,7 +127,8 @@ impl Redeemer {
         );
         let store = crate::store::open(settings)?;
         log::info!("shared store: {}", store.backend());
-        let redeemer = Redeemer::new(keyring, &settings.token, store);
+        let redeemer =
+            Redeemer::new(keyring, &settings.token, store).with_instance(settings.instance.clone());
         if let Some(feed) = redeemer.store.clone().revocation_feed() {
             redeemer.live_sessions.follow(feed);
         }
@@ -164,9 +187,46 @@ impl Redeemer {
         token: &str,
         policy: &Policy,
     ) -> Result<Redemption, RedeemError> {
-        let outcome = self.consume(token, policy).await;
+        self.admit(token, policy, Holding::Nothing).await
+    }
+
+    /// Redeems `token` for a connection the caller holds for the whole session (a WebSocket it
+    /// serves): the session is listed, a second connection with the same token is refused while
+    /// this one is open, and revoking the token completes `HeldSession::revoked`. Call
+    /// `HeldSession::end` when the connection closes (dropping it does the same, later): with
+    /// a reconnect grace the token can then re-open the session.
+    pub async fn open_session(
+        &self,
+        token: &str,
+        policy: &Policy,
+    ) -> Result<(Redemption, HeldSession), RedeemError> {
+        let redemption = self.admit(token, policy, Holding::Connection).await?;
+        let held = HeldSession::new(
+            self.live_sessions.register(&redemption.claims),
+            self.store.clone(),
+            SessionRef {
+                org: redemption.claims.org.clone(),
+                jti: redemption.claims.jti,
+                connection: redemption.attempt,
+                single_use: redemption.claims.uses == 1,
+                grace_seconds: redemption.claims.reconnect_grace_seconds,
+            },
+        );
+        Ok((redemption, held))
+    }
+
+    async fn admit(
+        &self,
+        token: &str,
+        policy: &Policy,
+        holding: Holding,
+    ) -> Result<Redemption, RedeemError> {
+        let outcome = self.consume(token, policy, holding).await;
         if let Some(metrics) = &self.metrics {
             match &outcome {
+                Ok(redemption) if redemption.resumed => {
+                    metrics.resumed(&redemption.claims.token_type)
+                }
                 Ok(redemption) => metrics.redeemed(&redemption.claims.token_type),
                 Err(RedeemError::Rejected(reason)) => metrics.rejected_token(*reason),
                 Err(RedeemError::InsufficientCredits) => metrics.rejected("insufficient_credits"),
@@ -176,32 +236,65 @@ impl Redeemer {
         outcome
     }
 
-    async fn consume(&self, token: &str, policy: &Policy) -> Result<Redemption, RedeemError> {
+    async fn consume(
+        &self,
+        token: &str,
+        policy: &Policy,
+        holding: Holding,
+    ) -> Result<Redemption, RedeemError> {
         let keyring = self.keyring.snapshot();
-        let claims = self
-            .verifier
-            .verify(token, &keyring)
-            .map_err(RedeemError::Rejected)?;
+        // A session may be re-opened after the token's redemption window: verify without it,
+        // then apply it to everything but a re-opening.
+        let (claims, window_passed) = match self.verifier.verify(token, &keyring) {
+            Ok(claims) => (claims, false),
+            Err(RejectReason::Expired) => match self.verifier.verify_any_age(token, &keyring) {
+                Ok(claims) if claims.reconnect_grace_seconds > 0 => (claims, true),
+                _ => return Err(RedeemError::Rejected(RejectReason::Expired)),
+            },
+            Err(reason) => return Err(RedeemError::Rejected(reason)),
+        };
+        let now = Utc::now();
+        let grace = claims.reconnect_grace_seconds;
         policy.check(&claims).map_err(RedeemError::Rejected)?;
         let attempt = crate::random::uuid_v4();
-        let consumed = self
-            .store
-            .consume_once(self.use_of(&claims, attempt, &keyring))
-            .await?;
-        match consumed {
-            Consumed::AlreadyUsed => Err(RedeemError::Rejected(RejectReason::AlreadyUsed)),
-            Consumed::Revoked => Err(RedeemError::Rejected(RejectReason::Revoked)),
-            Consumed::NoCredits => Err(RedeemError::InsufficientCredits),
-            Consumed::Accepted { uses_remaining } => {
-                let session = chrono::Duration::seconds(claims.max_session_duration_seconds.into());
-                Ok(Redemption {
-                    attempt,
-                    session_expires_at: Utc::now() + session,
-                    uses_remaining,
-                    claims,
-                })
+        let session_expires_at =
+            now + chrono::Duration::seconds(claims.max_session_duration_seconds.into());
+        let held = holding == Holding::Connection;
+        let mut use_of = self.use_of(&claims, attempt, &keyring);
+        use_of.session = (held || grace > 0).then(|| SessionOf {
+            token_type: &claims.token_type,
+            expires_at_ms: session_expires_at.timestamp_millis(),
+            grace_seconds: grace,
+            held,
+            instance: &self.instance,
+            resume_only: window_passed,
+        });
+        let consumed = self.store.consume_once(use_of).await?;
+        let (uses_remaining, session_expires_at, resumed) = match consumed {
+            // Past the window, "nothing to re-open" means the token is simply too old.
+            Consumed::AlreadyUsed if window_passed => {
+                return Err(RedeemError::Rejected(RejectReason::Expired))
             }
-        }
+            Consumed::AlreadyUsed => return Err(RedeemError::Rejected(RejectReason::AlreadyUsed)),
+            Consumed::SessionAlreadyOpen => {
+                return Err(RedeemError::Rejected(RejectReason::SessionAlreadyOpen))
+            }
+            Consumed::Revoked => return Err(RedeemError::Rejected(RejectReason::Revoked)),
+            Consumed::NoCredits => return Err(RedeemError::InsufficientCredits),
+            Consumed::Accepted { uses_remaining } => (uses_remaining, session_expires_at, false),
+            Consumed::Resumed { expires_at_ms, .. } => (
+                0,
+                DateTime::from_timestamp_millis(expires_at_ms).unwrap_or(session_expires_at),
+                true,
+            ),
+        };
+        Ok(Redemption {
+            attempt,
+            session_expires_at,
+            uses_remaining,
+            resumed,
+            claims,
+        })
     }
 
     /// Takes back the use `redemption` recorded (and its credit): the second phase of a
@@ -234,6 +327,7 @@ impl Redeemer {
             credit_limit: keyring.api_keys().credit_limit(&claims.org),
             outlive_seconds: self.skew_margin(),
             issued_at: claims.iat,
+            session: None,
         }
     }
 

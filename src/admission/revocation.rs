@@ -175,6 +175,7 @@ mod tests {
             max_session_duration_seconds: 60,
             ctx: Default::default(),
             uses: 1,
+            reconnect_grace_seconds: 0,
         }
     }
 

@@ -16,7 +16,7 @@ use crate::settings::Settings;
 use crate::tenancy::api_keys::Scope;
 use crate::tenancy::org::Org;
 use crate::token::mint::{MintRequest, Minter};
-use crate::token::params::{ExpiresIn, SessionDuration, TokenType, Uses};
+use crate::token::params::{ExpiresIn, ReconnectGrace, SessionDuration, TokenType, Uses};
 use crate::token::verify::TokenVerifier;
 
 /// Mints short-lived, single-use tokens for streaming sessions. Configuration comes from
@@ -52,6 +52,10 @@ enum Command {
         /// Redemptions the token allows (1-100).
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// Seconds a dropped session may be re-opened with the same token (0-600; single-use
+        /// tokens). Default: STREAMTOKEN_RECONNECT_GRACE_SECONDS.
+        #[arg(long)]
+        reconnect_grace: Option<u32>,
         #[arg(long, default_value_t = 1)]
         count: u64,
     },
@@ -127,6 +131,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ttl,
             max_session_duration,
             uses,
+            reconnect_grace,
             count,
         } => {
             let request = MintRequest {
@@ -135,6 +140,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 session: SessionDuration::parse(max_session_duration.into())?,
                 uses: Uses::parse(uses.into())?,
                 ctx: Default::default(),
+                reconnect_grace: reconnect_grace
+                    .map(|grace| ReconnectGrace::parse(grace.into()))
+                    .transpose()?,
             };
             mint(&settings, &Org::parse(&org)?, request, count)?;
         }

@@ -43,7 +43,7 @@ impl Caller {
     }
 
     /// The org whose usage is asked for: `requested`, if this key acts for it, else its own.
-    pub fn usage_org<'a>(&'a self, requested: Option<&'a str>) -> Result<&'a str, ApiError> {
+    pub fn readable_org<'a>(&'a self, requested: Option<&'a str>) -> Result<&'a str, ApiError> {
         match requested {
             None => Ok(self.0.org.as_str()),
             Some(org) if self.0.acts_for(org) => Ok(org),

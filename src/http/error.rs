@@ -70,6 +70,7 @@ impl ApiError {
             ApiError::TokenRejected(RejectReason::WrongOrg) => "wrong_org",
             ApiError::TokenRejected(RejectReason::WrongTokenType) => "wrong_token_type",
             ApiError::TokenRejected(RejectReason::Revoked) => "token_revoked",
+            ApiError::TokenRejected(RejectReason::SessionAlreadyOpen) => "session_already_open",
             ApiError::TokenRejected(_) => "invalid_token",
             ApiError::ReplayStoreUnavailable => "replay_store_unavailable",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -151,7 +152,9 @@ impl ResponseError for ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MissingToken => StatusCode::UNAUTHORIZED,
-            ApiError::TokenRejected(RejectReason::AlreadyUsed) => StatusCode::CONFLICT,
+            ApiError::TokenRejected(
+                RejectReason::AlreadyUsed | RejectReason::SessionAlreadyOpen,
+            ) => StatusCode::CONFLICT,
             ApiError::TokenRejected(RejectReason::WrongOrg | RejectReason::WrongTokenType) => {
                 StatusCode::FORBIDDEN
             }

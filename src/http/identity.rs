@@ -11,10 +11,12 @@ pub const TOKEN_TYPE_HEADER: &str = "x-streamtoken-token-type";
 pub const JTI_HEADER: &str = "x-streamtoken-jti";
 pub const SESSION_EXPIRES_AT_HEADER: &str = "x-streamtoken-session-expires-at";
 pub const CTX_HEADER: &str = "x-streamtoken-ctx";
+pub const RESUMED_HEADER: &str = "x-streamtoken-resumed";
 
-/// Org, token type, jti, the session deadline (RFC 3339) and ctx (compact JSON), each of
-/// printable ASCII only: a legal header value whatever the ctx holds, for any HTTP library.
-pub fn identity_headers(redemption: &Redemption) -> [(&'static str, String); 5] {
+/// Org, token type, jti, the session deadline (RFC 3339), ctx (compact JSON) and whether the
+/// session was re-opened within its reconnect grace (`true`/`false`), each of printable ASCII
+/// only: a legal header value whatever the ctx holds, for any HTTP library.
+pub fn identity_headers(redemption: &Redemption) -> [(&'static str, String); 6] {
     let claims = &redemption.claims;
     let ctx = serde_json::to_string(&claims.ctx).unwrap_or_else(|_| "{}".into());
     let expires_at = redemption
@@ -26,6 +28,7 @@ pub fn identity_headers(redemption: &Redemption) -> [(&'static str, String); 5] 
         (JTI_HEADER, claims.jti.to_string()),
         (SESSION_EXPIRES_AT_HEADER, expires_at),
         (CTX_HEADER, ctx),
+        (RESUMED_HEADER, redemption.resumed.to_string()),
     ]
     .map(|(name, value)| (name, ascii_escaped(&value)))
 }

@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | 4001 | invalid token (missing, malformed, bad signature, unknown kid, wrong iss/aud, …), or a token type `STREAMTOKEN_STREAM_TOKEN_TYPES` does not admit (`wrong_token_type`; nothing consumed) |
 //! | 4002 | token expired (redemption window passed) |
-//! | 4003 | token already used |
+//! | 4003 | token already used (no reconnect grace, or it ran out), or (reason `session already open`) its session is open on another connection, which is left alone |
 //! | 4402 | the org has no credits left |
 //! | 1011 | replay store unavailable (nothing was accepted; retry) |
 //! | 1013 | too many sessions open, in all or for the org, or (proxy) the upstream is unavailable (the token was not used; retry) |
@@ -24,7 +24,7 @@ use actix_ws::{CloseCode, CloseReason, Closed, Session};
 use serde::Serialize;
 
 use crate::admission::redeem::Redemption;
-use crate::admission::revocation::LiveSession;
+use crate::admission::session::HeldSession;
 use crate::admission::slots::Slot;
 use crate::gateway::presented_token;
 use crate::http::error::ApiError;
@@ -37,19 +37,21 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// connection to end by itself, before the server ends it.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// An admitted session: its redemption, its place under the caps, and its entry in the
-/// registry that revocations close sessions through.
+/// An admitted session: its redemption, its place under the caps, and its record as a held
+/// session (revocation ends it through it; `HeldSession::end` when the connection closes).
 pub struct Admitted {
     pub redemption: Redemption,
     pub slot: Slot,
-    pub live: LiveSession,
+    pub live: HeldSession,
 }
 
-/// A place under the session caps, then the redemption. The caps are checked on the verified
-/// token's org before a use is consumed, so a client turned away keeps a usable token.
+/// A place under the session caps, then the redemption (or the re-opening of the session, within
+/// its reconnect grace). The caps are checked on the verified token's org before a use is
+/// consumed, so a client turned away keeps a usable token.
 pub async fn admit(req: &HttpRequest, state: &AppState) -> Result<Admitted, ApiError> {
     let (token, _) = presented_token(req).ok_or(ApiError::MissingToken)?;
-    let slot = match state.redeemer.verify(&token) {
+    // Any age: a token past its window may still re-open its session.
+    let slot = match state.redeemer.verify_any_age(&token) {
         Ok(claims) => match state.session_slots.try_take(&claims.org) {
             Some(slot) => Some(slot),
             None => {
@@ -60,19 +62,21 @@ pub async fn admit(req: &HttpRequest, state: &AppState) -> Result<Admitted, ApiE
         // Refused below, with the reason counted where every refusal is.
         Err(_) => None,
     };
-    let redemption = state
+    let (redemption, live) = state
         .redeemer
-        .redeem_under(&token, &state.stream_policy)
+        .open_session(&token, &state.stream_policy)
         .await?;
     // Only a keyring reload between the two verifications gets here without a slot.
     let slot = match slot {
         Some(slot) => slot,
-        None => state
-            .session_slots
-            .try_take(&redemption.claims.org)
-            .ok_or(ApiError::TooManySessions)?,
+        None => match state.session_slots.try_take(&redemption.claims.org) {
+            Some(slot) => slot,
+            None => {
+                live.end().await;
+                return Err(ApiError::TooManySessions);
+            }
+        },
     };
-    let live = state.live_sessions.register(&redemption.claims);
     Ok(Admitted {
         redemption,
         slot,
@@ -134,6 +138,9 @@ pub fn to_json(value: &impl Serialize) -> String {
 
 /// The close code and reason for a refused token (see the table above).
 pub fn close_reason_for(error: &ApiError) -> CloseReason {
+    if let ApiError::TokenRejected(RejectReason::SessionAlreadyOpen) = error {
+        return close(4003, "session already open");
+    }
     let code = match error {
         ApiError::TokenRejected(RejectReason::Expired) => 4002,
         ApiError::TokenRejected(RejectReason::AlreadyUsed) => 4003,

@@ -1,5 +1,6 @@
 //! In-process replay store: exactly once within one process, no dependencies.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use uuid::Uuid;
 use crate::periodic;
 
 use super::{
-    Consumed, Covers, Health, ReplayStore, RevokeEntry, SharedStore, StoreUnavailable, Usage,
-    UsageStore, UseOf,
+    session_record_id, Consumed, Covers, Health, ReplayStore, RevokeEntry, SessionOf,
+    SessionRecord, SessionRef, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf,
+    MAX_LISTED_SESSIONS,
 };
 
 /// How often expired entries are dropped. Memory is bounded by tokens alive in the last interval.
@@ -22,6 +24,29 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 struct Uses {
     recorded: u32,
     expires_at: i64,
+}
+
+/// A session record (see `SessionOf`).
+#[derive(Debug, Clone)]
+struct Session {
+    jti: Uuid,
+    token_type: String,
+    opened_at_ms: i64,
+    expires_at_ms: i64,
+    /// The attempt whose connection holds it, if one does.
+    connection: Option<Uuid>,
+    held: bool,
+    instance: String,
+    /// While no connection holds it: re-openable until then (unix ms).
+    resumable_until_ms: i64,
+}
+
+impl Session {
+    /// Whether the record can still matter at `now_ms`.
+    fn alive(&self, now_ms: i64) -> bool {
+        now_ms < self.expires_at_ms
+            && (self.connection.is_some() || now_ms <= self.resumable_until_ms)
+    }
 }
 
 /// Sharded map from `jti` to its recorded uses. Each shard's lock makes check-and-record atomic.
@@ -34,6 +59,8 @@ pub struct MemoryStore {
     /// Each org's revocation threshold: tokens issued at or before it are revoked (`iat`,
     /// when the entry may go).
     revoked_before: DashMap<String, (i64, i64)>,
+    /// Each org's session records, by record id (`session_record_id`).
+    sessions: DashMap<String, HashMap<String, Session>>,
 }
 
 impl MemoryStore {
@@ -56,6 +83,61 @@ impl MemoryStore {
         self.revoked.retain(|_, expires_at| *expires_at >= now);
         self.revoked_before
             .retain(|_, (_, expires_at)| *expires_at >= now);
+        let now_ms = now.saturating_mul(1000);
+        self.sessions.retain(|_, sessions| {
+            sessions.retain(|_, session| session.alive(now_ms));
+            !sessions.is_empty()
+        });
+    }
+
+    /// Records the session a use just opened.
+    fn open_session(&self, use_of: &UseOf<'_>, session: &SessionOf<'_>) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let record = Session {
+            jti: use_of.jti,
+            token_type: session.token_type.to_owned(),
+            opened_at_ms: now_ms,
+            expires_at_ms: session.expires_at_ms,
+            connection: session.held.then_some(use_of.attempt),
+            held: session.held,
+            instance: session.instance.to_owned(),
+            resumable_until_ms: grace_end(now_ms, session.grace_seconds, session.expires_at_ms),
+        };
+        let id = session_record_id(use_of.jti, use_of.attempt, use_of.allowed_uses == 1);
+        self.sessions
+            .entry(use_of.org.to_owned())
+            .or_default()
+            .insert(id, record);
+    }
+
+    /// Re-opens a single-use token's dropped session within its grace.
+    fn resume_session(&self, use_of: &UseOf<'_>, session: &SessionOf<'_>) -> Consumed {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let Some(mut sessions) = self.sessions.get_mut(use_of.org) else {
+            return Consumed::AlreadyUsed;
+        };
+        let id = session_record_id(use_of.jti, use_of.attempt, true);
+        let Some(record) = sessions.get_mut(&id) else {
+            return Consumed::AlreadyUsed;
+        };
+        if record.connection.is_some() {
+            return Consumed::SessionAlreadyOpen;
+        }
+        if !record.alive(now_ms) || session.grace_seconds == 0 {
+            return Consumed::AlreadyUsed;
+        }
+        if session.held {
+            record.connection = Some(use_of.attempt);
+            record.held = true;
+            record.instance = session.instance.to_owned();
+        } else {
+            record.resumable_until_ms =
+                grace_end(now_ms, session.grace_seconds, record.expires_at_ms);
+        }
+        Consumed::Resumed {
+            opened_at_ms: record.opened_at_ms,
+            expires_at_ms: record.expires_at_ms,
+        }
     }
 
     fn revoked_now(&self, org: &str, jti: Uuid, iat: i64) -> bool {
@@ -111,25 +193,41 @@ impl ReplayStore for MemoryStore {
         if self.revoked_now(use_of.org, use_of.jti, use_of.issued_at) {
             return Ok(Consumed::Revoked);
         }
-        if use_of
+        // A session's re-opening records no use and spends no credit.
+        let resumable = use_of.session.filter(|_| use_of.allowed_uses == 1);
+        if let Some(session) = resumable.filter(|session| session.resume_only) {
+            return Ok(self.resume_session(&use_of, &session));
+        }
+        let used_up = || {
+            self.entries
+                .get(&use_of.jti)
+                .is_some_and(|uses| uses.recorded >= use_of.allowed_uses)
+        };
+        let consumed = if use_of
             .credit_limit
             .is_some_and(|limit| usage.redeemed >= limit)
         {
-            let used_up = self
-                .entries
-                .get(&use_of.jti)
-                .is_some_and(|uses| uses.recorded >= use_of.allowed_uses);
-            return Ok(if used_up {
+            if used_up() {
                 Consumed::AlreadyUsed
             } else {
                 Consumed::NoCredits
-            });
-        }
-        let consumed = self.record_use(use_of.jti, use_of.allowed_uses, use_of.expires_at);
-        if matches!(consumed, Consumed::Accepted { .. }) {
-            usage.redeemed += 1;
-        }
-        Ok(consumed)
+            }
+        } else {
+            self.record_use(use_of.jti, use_of.allowed_uses, use_of.expires_at)
+        };
+        Ok(match (consumed, use_of.session) {
+            (accepted @ Consumed::Accepted { .. }, session) => {
+                usage.redeemed += 1;
+                if let Some(session) = session {
+                    self.open_session(&use_of, &session);
+                }
+                accepted
+            }
+            (Consumed::AlreadyUsed, Some(session)) if resumable.is_some() => {
+                self.resume_session(&use_of, &session)
+            }
+            (other, _) => other,
+        })
     }
 
     /// Takes back one use. Exact for the callers there are: a redeemer releases only an attempt
@@ -184,6 +282,55 @@ impl ReplayStore for MemoryStore {
     async fn is_revoked(&self, org: &str, jti: Uuid, iat: i64) -> Result<bool, StoreUnavailable> {
         Ok(self.revoked_now(org, jti, iat))
     }
+
+    async fn session_ended(&self, session: &SessionRef) -> Result<(), StoreUnavailable> {
+        let Some(mut sessions) = self.sessions.get_mut(&session.org) else {
+            return Ok(());
+        };
+        let id = session.record_id();
+        let Some(record) = sessions
+            .get_mut(&id)
+            .filter(|record| record.connection == Some(session.connection))
+        else {
+            return Ok(());
+        };
+        if session.grace_seconds == 0 {
+            sessions.remove(&id);
+        } else {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            record.connection = None;
+            record.resumable_until_ms =
+                grace_end(now_ms, session.grace_seconds, record.expires_at_ms);
+        }
+        Ok(())
+    }
+
+    async fn sessions(&self, org: &str) -> Result<Vec<SessionRecord>, StoreUnavailable> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let Some(sessions) = self.sessions.get(org) else {
+            return Ok(Vec::new());
+        };
+        let mut listed: Vec<SessionRecord> = sessions
+            .values()
+            .filter(|record| record.held && record.alive(now_ms))
+            .map(|record| SessionRecord {
+                session_id: record.jti,
+                token_type: record.token_type.clone(),
+                opened_at_ms: record.opened_at_ms,
+                expires_at_ms: record.expires_at_ms,
+                connected: record.connection.is_some(),
+                instance: record.instance.clone(),
+            })
+            .collect();
+        listed.sort_by_key(|record| record.opened_at_ms);
+        listed.truncate(MAX_LISTED_SESSIONS + 1);
+        Ok(listed)
+    }
+}
+
+/// Until when a session whose connection dropped at `now_ms` may be re-opened.
+fn grace_end(now_ms: i64, grace_seconds: u32, expires_at_ms: i64) -> i64 {
+    (now_ms + i64::from(grace_seconds) * 1000).min(expires_at_ms)
 }
 
 #[async_trait]
@@ -227,6 +374,7 @@ mod tests {
             credit_limit: None,
             outlive_seconds: 0,
             issued_at: 0,
+            session: None,
         }
     }
 

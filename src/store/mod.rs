@@ -62,7 +62,74 @@ pub struct UseOf<'a> {
     pub outlive_seconds: i64,
     /// The token's `iat`, checked against an org-wide revocation in the same atomic step.
     pub issued_at: i64,
+    /// The session this use opens, recorded in the same atomic step; `None` for a grant that
+    /// opens nothing re-openable (no grace, no connection held here).
+    pub session: Option<SessionOf<'a>>,
 }
+
+/// A session record: what re-opening a dropped session, one live connection per session and
+/// the listing need. Sessions are per org, like every other entry.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOf<'a> {
+    pub token_type: &'a str,
+    /// A new session's deadline (unix ms); a re-opened one keeps its own.
+    pub expires_at_ms: i64,
+    /// How long after its connection drops the session may be re-opened; 0 = never.
+    pub grace_seconds: u32,
+    /// Whether a gateway here holds the connection (the reference gateway, a proxy route, an
+    /// embedded `open_session`): the session is listed, and refuses a second connection until
+    /// `session_ended`. A grant over HTTP (redeem, forward-auth) holds nothing: its grace
+    /// counts from the grant.
+    pub held: bool,
+    /// The process holding it, for the listing.
+    pub instance: &'a str,
+    /// The token's redemption window has passed: only re-open, never record a use.
+    pub resume_only: bool,
+}
+
+/// Names one connection of one session, to end it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRef {
+    pub org: String,
+    pub jti: Uuid,
+    /// The attempt that opened (or re-opened) this connection.
+    pub connection: Uuid,
+    /// A token of several uses opens several sessions, told apart by their first attempt.
+    pub single_use: bool,
+    pub grace_seconds: u32,
+}
+
+impl SessionRef {
+    /// The record's name within its org.
+    pub fn record_id(&self) -> String {
+        session_record_id(self.jti, self.connection, self.single_use)
+    }
+}
+
+/// A single-use token's one session is named by its `jti`; a token of several uses names each
+/// session by the `jti` and the attempt that opened it.
+pub fn session_record_id(jti: Uuid, opening_attempt: Uuid, single_use: bool) -> String {
+    if single_use {
+        jti.as_hyphenated().to_string()
+    } else {
+        format!("{}.{}", jti.as_hyphenated(), opening_attempt.simple())
+    }
+}
+
+/// One session as the listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub session_id: Uuid,
+    pub token_type: String,
+    pub opened_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// A connection holds it now; otherwise it is within its reconnect grace.
+    pub connected: bool,
+    pub instance: String,
+}
+
+/// Most sessions one listing returns.
+pub const MAX_LISTED_SESSIONS: usize = 1000;
 
 /// What one revocation covers, always within one org (the store locates entries by org).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +178,13 @@ pub enum Consumed {
     Revoked,
     /// The org has no credit left; the token was not consumed and nothing was charged.
     NoCredits,
+    /// The token's session was re-opened within its grace; no use was recorded.
+    Resumed {
+        opened_at_ms: i64,
+        expires_at_ms: i64,
+    },
+    /// The token's session is open on another connection; nothing changed.
+    SessionAlreadyOpen,
 }
 
 /// An org's counters, shared by every process on the same store.
@@ -151,6 +225,15 @@ pub trait ReplayStore: Send + Sync + 'static {
 
     /// Whether `org`'s token `jti` issued at `iat` is revoked (introspection).
     async fn is_revoked(&self, org: &str, jti: Uuid, iat: i64) -> Result<bool, StoreUnavailable>;
+
+    /// The connection `session.connection` of a held session dropped: with a grace the session
+    /// may be re-opened until it runs out (or the deadline comes), else it is gone. Nothing
+    /// happens if another connection holds it now.
+    async fn session_ended(&self, session: &SessionRef) -> Result<(), StoreUnavailable>;
+
+    /// `org`'s held sessions, connected or within their grace, oldest first; at most
+    /// `MAX_LISTED_SESSIONS` + 1 (the one more tells the listing it was cut short).
+    async fn sessions(&self, org: &str) -> Result<Vec<SessionRecord>, StoreUnavailable>;
 }
 
 /// Where the processes sharing a store learn of each other's revocations, to close the live

@@ -9,6 +9,10 @@
 //! - `<prefix>:{<org>}:revoked:<jti>` — a revoked token; `<prefix>:{<org>}:revoked-before` — the
 //!   org's revocation threshold (tokens with `iat` at or before it are revoked). Both in the use
 //!   entry's slot, so the consume script checks them in the same atomic step;
+//! - `<prefix>:{<org>}:session:<id>` — a session record (deadline, the connection holding it,
+//!   the end of its reconnect grace, …), `<id>` being the `jti` of a single-use token; and
+//!   `<prefix>:{<org>}:sessions` — the org's held sessions by when they stop mattering, for the
+//!   listing. In the use entry's slot, so a use and its session are recorded in one step;
 //! - `<prefix>:revocations` — a stream of every revocation, which each process follows to close
 //!   the live sessions they cover (the one key outside any org's slot).
 //!
@@ -28,23 +32,62 @@ use super::health::Health;
 use super::redis_connection::RedisConnection;
 use super::{
     Consumed, Covers, FleetQuota, QuotaTaken, ReplayStore, Revocation, RevocationFeed, RevokeEntry,
-    SharedStore, StoreUnavailable, Usage, UsageStore, UseOf,
+    SessionRecord, SessionRef, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf,
+    MAX_LISTED_SESSIONS,
 };
 use crate::settings::{RateQuota, RedisSettings};
 
-/// Records one use of a token, charging a credit in the same step when the org has a limit.
+/// Records one use of a token, charging a credit in the same step when the org has a limit,
+/// and with a session (KEYS 5-6, ARGV 7-13) records it too, or re-opens it within its grace.
 /// KEYS: use entry, redeemed counter, the token's revocation entry, the org's revocation
-/// threshold. ARGV: allowed uses, expiry (unix s), attempt marker, credit limit (-1 = none),
-/// seconds the entry must outlive Redis's own clock at least, the token's `iat`.
+/// threshold[, session record, the org's session index]. ARGV: allowed uses, expiry (unix s),
+/// attempt marker, credit limit (-1 = none), seconds the entry must outlive Redis's own clock at
+/// least, the token's `iat`[, mode (1 open or re-open, 2 re-open only), token type, the new
+/// session's deadline (unix ms), grace (s), held (1/0), instance, the record's id in the index].
 /// Returns the uses left, -1 when none were left, -2 when the org has no credit left, -3 when
-/// the token is revoked.
+/// the token is revoked, -4 when its session is open on another connection, or
+/// {-5, opened at, deadline} when its session was re-opened.
+/// A held session's index score is when the entry stops mattering: its deadline while a
+/// connection holds it, the end of its grace once dropped (`SESSION_ENDED`).
 const CONSUME: &str = r"
 if redis.call('EXISTS', KEYS[3]) == 1 then return -3 end
 local before = redis.call('GET', KEYS[4])
 if before and tonumber(ARGV[6]) <= tonumber(before) then return -3 end
-local used = redis.call('HLEN', KEYS[1])
+local mode = tonumber(ARGV[7] or '0')
 local allowed = tonumber(ARGV[1])
-if used >= allowed then return -1 end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function index(score)
+  redis.call('ZADD', KEYS[6], score, ARGV[13])
+  local keep = score + tonumber(ARGV[5]) * 1000
+  if redis.call('PEXPIRETIME', KEYS[6]) < keep then redis.call('PEXPIREAT', KEYS[6], keep) end
+end
+local function resume()
+  local grace = tonumber(ARGV[10])
+  if allowed ~= 1 or grace <= 0 then return -1 end
+  local s = redis.call('HMGET', KEYS[5], 'o', 'e', 'c', 'u')
+  if not s[1] then return -1 end
+  if s[3] ~= '' then return -4 end
+  local now, deadline = now_ms(), tonumber(s[2])
+  if now > tonumber(s[4]) or now >= deadline then return -1 end
+  if ARGV[11] == '1' then
+    redis.call('HSET', KEYS[5], 'c', ARGV[3], 'h', '1', 'i', ARGV[12])
+    index(deadline)
+  else
+    local until = math.min(now + grace * 1000, deadline)
+    redis.call('HSET', KEYS[5], 'u', until)
+    redis.call('ZADD', KEYS[6], 'XX', until, ARGV[13])
+  end
+  return {-5, tonumber(s[1]), deadline}
+end
+if mode == 2 then return resume() end
+local used = redis.call('HLEN', KEYS[1])
+if used >= allowed then
+  if mode == 1 then return resume() end
+  return -1
+end
 local limit = tonumber(ARGV[4])
 if limit >= 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= limit then return -2 end
 redis.call('HSET', KEYS[1], ARGV[3], 1)
@@ -53,7 +96,61 @@ if used == 0 then
   redis.call('EXPIREAT', KEYS[1], math.max(tonumber(ARGV[2]), floor))
 end
 redis.call('INCR', KEYS[2])
+if mode == 1 then
+  local now, deadline = now_ms(), tonumber(ARGV[9])
+  local held = ARGV[11] == '1'
+  local connection, until = '', math.min(now + tonumber(ARGV[10]) * 1000, deadline)
+  if held then connection = ARGV[3] end
+  redis.call('HSET', KEYS[5], 't', ARGV[8], 'o', now, 'e', deadline, 'c', connection,
+    'h', ARGV[11], 'i', ARGV[12], 'u', until)
+  redis.call('PEXPIREAT', KEYS[5], deadline + tonumber(ARGV[5]) * 1000)
+  if held then
+    redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+    index(deadline)
+  end
+end
 return allowed - used - 1
+";
+
+/// A held session's connection dropped. KEYS: session record, the org's session index. ARGV:
+/// the connection's attempt marker, grace (s), the record's id in the index. Without a grace
+/// the session is gone; with one it may be re-opened until the grace or its deadline ends.
+/// Nothing happens when another connection holds it now. Returns 1 if it was that connection's.
+const SESSION_ENDED: &str = r"
+if redis.call('HGET', KEYS[1], 'c') ~= ARGV[1] then return 0 end
+local grace = tonumber(ARGV[2])
+if grace <= 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return 1
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until = math.min(now + grace * 1000, tonumber(redis.call('HGET', KEYS[1], 'e')))
+redis.call('HSET', KEYS[1], 'c', '', 'u', until)
+redis.call('ZADD', KEYS[2], 'XX', until, ARGV[3])
+return 1
+";
+
+/// An org's held sessions that still matter, oldest deadline first. KEYS: the org's session
+/// index. ARGV: the session record key's prefix (up to the id), most to return. Drops what has
+/// run out. Returns {id, token type, opened at, deadline, connection, instance, …}.
+const LIST_SESSIONS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local ids = redis.call('ZRANGE', KEYS[1], now, '+inf', 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(ids) do
+  local s = redis.call('HMGET', ARGV[1] .. id, 't', 'o', 'e', 'c', 'i')
+  if s[1] then
+    table.insert(out, id)
+    for i = 1, 5 do table.insert(out, s[i]) end
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
 ";
 
 /// Takes back one attempt's use and its count (or credit). KEYS: use entry, redeemed counter.
@@ -134,6 +231,8 @@ struct Scripts {
     release: Lua,
     take_quota: Lua,
     revoke: Lua,
+    session_ended: Lua,
+    list_sessions: Lua,
 }
 
 impl RedisStore {
@@ -162,6 +261,8 @@ impl RedisStore {
                 release: Lua::new(RELEASE),
                 take_quota: Lua::new(TAKE_QUOTA),
                 revoke: Lua::new(REVOKE),
+                session_ended: Lua::new(SESSION_ENDED),
+                list_sessions: Lua::new(LIST_SESSIONS),
             },
         };
         store.spawn_minted_flusher();
@@ -414,6 +515,15 @@ impl KeyLayout {
     fn revocations(&self) -> String {
         format!("{}:revocations", self.0)
     }
+
+    /// Where the org's session records start; a record is this followed by its id.
+    fn session_prefix(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:session:", self.0)
+    }
+
+    fn session_index(&self, org: &str) -> String {
+        self.counter(org, "sessions")
+    }
 }
 
 /// A Lua script, sent by hash and, when a node does not know it yet, by text.
@@ -472,15 +582,32 @@ impl ReplayStore for RedisStore {
         // One round trip to the node holding the entry: [the persistence check,] the use. The
         // check concerns the very node that records the use: a Redis restarted without
         // persistence cannot slip in between. (`WAIT` for replicas follows only an accepted use.)
+        let record_id = super::session_record_id(
+            use_of.jti,
+            use_of.attempt,
+            use_of.allowed_uses == 1,
+        );
+        let session_keys = use_of.session.map(|_| {
+            (
+                format!("{}{record_id}", self.keys.session_prefix(use_of.org)),
+                self.keys.session_index(use_of.org),
+            )
+        });
         let build = |by_hash: bool| {
             let mut pipe = redis::pipe();
             if self.require_persistence {
                 pipe.cmd("CONFIG").arg("GET").arg("append*");
             }
-            let mut consume = self
-                .scripts
-                .consume
-                .call(by_hash, &[&entry, &redeemed, &revoked, &revoked_before]);
+            let mut keys = vec![
+                entry.as_str(),
+                redeemed.as_str(),
+                revoked.as_str(),
+                revoked_before.as_str(),
+            ];
+            if let Some((record, index)) = &session_keys {
+                keys.extend([record.as_str(), index.as_str()]);
+            }
+            let mut consume = self.scripts.consume.call(by_hash, &keys);
             consume
                 .arg(use_of.allowed_uses)
                 .arg(use_of.expires_at)
@@ -488,6 +615,16 @@ impl ReplayStore for RedisStore {
                 .arg(credit_limit)
                 .arg(use_of.outlive_seconds)
                 .arg(use_of.issued_at);
+            if let Some(session) = &use_of.session {
+                consume
+                    .arg(if session.resume_only { 2 } else { 1 })
+                    .arg(session.token_type)
+                    .arg(session.expires_at_ms)
+                    .arg(session.grace_seconds)
+                    .arg(u8::from(session.held))
+                    .arg(session.instance)
+                    .arg(&record_id);
+            }
             pipe.add_command(consume);
             pipe
         };
@@ -608,6 +745,60 @@ impl ReplayStore for RedisStore {
         let (token, before): (Option<i64>, Option<i64>) = self.query(mget).await?;
         Ok(token.is_some() || before.is_some_and(|threshold| iat <= threshold))
     }
+
+    async fn session_ended(&self, session: &SessionRef) -> Result<(), StoreUnavailable> {
+        let id = session.record_id();
+        let record = format!("{}{id}", self.keys.session_prefix(&session.org));
+        let index = self.keys.session_index(&session.org);
+        let marker = session.connection.simple().to_string();
+        let build = |by_hash: bool| {
+            let mut ended = self
+                .scripts
+                .session_ended
+                .call(by_hash, &[&record, &index]);
+            ended.arg(&marker).arg(session.grace_seconds).arg(&id);
+            let mut pipe = redis::pipe();
+            pipe.add_command(ended);
+            pipe
+        };
+        self.pipeline(build).await.map(drop)
+    }
+
+    async fn sessions(&self, org: &str) -> Result<Vec<SessionRecord>, StoreUnavailable> {
+        let index = self.keys.session_index(org);
+        let prefix = self.keys.session_prefix(org);
+        let build = |by_hash: bool| {
+            let mut list = self.scripts.list_sessions.call(by_hash, &[&index]);
+            list.arg(&prefix).arg(MAX_LISTED_SESSIONS + 1);
+            let mut pipe = redis::pipe();
+            pipe.add_command(list);
+            pipe
+        };
+        let replies = self.pipeline(build).await?;
+        let fields: Vec<Option<String>> = match replies.first() {
+            Some(reply) => redis::from_redis_value(reply.clone())
+                .map_err(|e| StoreUnavailable(format!("unexpected session list: {e}")))?,
+            None => return Err(StoreUnavailable("no session list from Redis".into())),
+        };
+        Ok(fields.chunks_exact(6).filter_map(session_record).collect())
+    }
+}
+
+/// One listed session: id, token type, opened at, deadline, connection, instance. A record
+/// this version cannot read is left out.
+fn session_record(fields: &[Option<String>]) -> Option<SessionRecord> {
+    let [Some(id), Some(token_type), Some(opened), Some(deadline), connection, instance] = fields
+    else {
+        return None;
+    };
+    Some(SessionRecord {
+        session_id: Uuid::parse_str(id.get(..36)?).ok()?,
+        token_type: token_type.clone(),
+        opened_at_ms: opened.parse().ok()?,
+        expires_at_ms: deadline.parse().ok()?,
+        connected: connection.as_deref().is_some_and(|c| !c.is_empty()),
+        instance: instance.clone().unwrap_or_default(),
+    })
 }
 
 #[async_trait]
@@ -883,6 +1074,18 @@ fn consumed(reply: &Value) -> Result<Consumed, StoreUnavailable> {
         Value::Int(-1) => Ok(Consumed::AlreadyUsed),
         Value::Int(-2) => Ok(Consumed::NoCredits),
         Value::Int(-3) => Ok(Consumed::Revoked),
+        Value::Int(-4) => Ok(Consumed::SessionAlreadyOpen),
+        Value::Array(items) => match items.as_slice() {
+            [Value::Int(-5), Value::Int(opened_at_ms), Value::Int(expires_at_ms)] => {
+                Ok(Consumed::Resumed {
+                    opened_at_ms: *opened_at_ms,
+                    expires_at_ms: *expires_at_ms,
+                })
+            }
+            _ => Err(StoreUnavailable(format!(
+                "unexpected consume reply {items:?}"
+            ))),
+        },
         Value::Int(left) => u32::try_from(*left)
             .map(|uses_remaining| Consumed::Accepted { uses_remaining })
             .map_err(|_| StoreUnavailable(format!("unexpected consume reply {left}"))),

@@ -41,6 +41,7 @@ mod tests {
                 credit_limit: Some(1),
                 outlive_seconds: 0,
                 issued_at: 0,
+                session: None,
             })
             .await
             .unwrap();

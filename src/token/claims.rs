@@ -31,6 +31,14 @@ pub struct Claims {
     /// Redemptions allowed; omitted on the wire when 1 (the default, single use).
     #[serde(default = "single_use", skip_serializing_if = "is_single_use")]
     pub uses: u32,
+    /// Seconds after a dropped connection during which the same token re-opens the same
+    /// session (single-use tokens only); omitted on the wire when 0 (no reconnect).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reconnect_grace_seconds: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 fn single_use() -> u32 {
@@ -60,6 +68,8 @@ pub enum RejectReason {
     WrongTokenType,
     /// Valid, but revoked (`POST /v1/tokens/revoke`), by itself or with its org's tokens.
     Revoked,
+    /// Used, and the session it opened is open on another connection (one at a time).
+    SessionAlreadyOpen,
 }
 
 impl RejectReason {
@@ -77,6 +87,7 @@ impl RejectReason {
             RejectReason::WrongOrg => "wrong_org",
             RejectReason::WrongTokenType => "wrong_token_type",
             RejectReason::Revoked => "revoked",
+            RejectReason::SessionAlreadyOpen => "session_already_open",
         }
     }
 
@@ -96,6 +107,9 @@ impl RejectReason {
             RejectReason::WrongOrg => "the token belongs to another organisation",
             RejectReason::WrongTokenType => "this endpoint does not accept tokens of this type",
             RejectReason::Revoked => "the token has been revoked",
+            RejectReason::SessionAlreadyOpen => {
+                "the token's session is open on another connection"
+            }
         }
     }
 }
@@ -110,7 +124,7 @@ pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, jsonwebtoken::e
 mod tests {
     use super::*;
 
-    const ALL: [RejectReason; 12] = [
+    const ALL: [RejectReason; 13] = [
         RejectReason::Malformed,
         RejectReason::AlgorithmNotAllowed,
         RejectReason::UnknownKid,
@@ -123,6 +137,7 @@ mod tests {
         RejectReason::WrongOrg,
         RejectReason::WrongTokenType,
         RejectReason::Revoked,
+        RejectReason::SessionAlreadyOpen,
     ];
 
     #[test]

@@ -8,7 +8,7 @@ use crate::keys::keyring::KeyringHandle;
 use crate::settings::TokenSettings;
 use crate::tenancy::org::Org;
 use crate::token::claims::{sign, Claims};
-use crate::token::params::{Ctx, ExpiresIn, SessionDuration, TokenType, Uses};
+use crate::token::params::{Ctx, ExpiresIn, ReconnectGrace, SessionDuration, TokenType, Uses};
 
 /// A validated request for one token; adapters build it from their own wire format.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +18,9 @@ pub struct MintRequest {
     pub session: SessionDuration,
     pub ctx: Ctx,
     pub uses: Uses,
+    /// `None`: the server's default (`STREAMTOKEN_RECONNECT_GRACE_SECONDS`), which applies to
+    /// single-use tokens only. Wire formats without the field leave it `None`.
+    pub reconnect_grace: Option<ReconnectGrace>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +62,11 @@ impl Minter {
         request: MintRequest,
         now: i64,
     ) -> anyhow::Result<MintedToken> {
+        // Adapters refuse this with their own error; the CLI reaches it.
+        anyhow::ensure!(
+            request.uses.get() == 1 || request.reconnect_grace.is_none_or(|g| g.get() == 0),
+            "a reconnect grace is for single-use tokens (uses 1)"
+        );
         let claims = Claims {
             iss: self.settings.issuer.clone(),
             aud: self.settings.audience.clone(),
@@ -70,6 +78,11 @@ impl Minter {
             max_session_duration_seconds: request.session.get(),
             ctx: request.ctx.into_inner(),
             uses: request.uses.get(),
+            reconnect_grace_seconds: match request.reconnect_grace {
+                Some(grace) => grace.get(),
+                None if request.uses.get() == 1 => self.settings.reconnect_grace_seconds,
+                None => 0,
+            },
         };
         let keyring = self.keyring.snapshot();
         let token = sign(&claims, keyring.active())?;

@@ -74,6 +74,14 @@ bounded!(
     100,
     1
 );
+bounded!(
+    /// How long after its connection drops a session may be re-opened with the same token.
+    ReconnectGrace,
+    "reconnect_grace_seconds",
+    0,
+    600,
+    0
+);
 
 /// What the token opens, e.g. `realtime`: `[a-z0-9_]{1,64}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +220,7 @@ mod tests {
         assert_eq!(ExpiresIn::default().get(), 60);
         assert_eq!(SessionDuration::default().get(), 3600);
         assert_eq!(Uses::default().get(), 1);
+        assert_eq!(ReconnectGrace::default().get(), 0);
         assert_eq!(TokenType::default().as_str(), "realtime");
     }
 
@@ -220,6 +229,8 @@ mod tests {
         assert!(Uses::parse(100).is_ok());
         assert!(Uses::parse(101).is_err());
         assert!(SessionDuration::parse(86_401).is_err());
+        assert!(ReconnectGrace::parse(600).is_ok());
+        assert!(ReconnectGrace::parse(601).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::keys::keyring::Keyring;
 use crate::settings::TokenSettings;
 use crate::tenancy::org::Org;
 use crate::token::claims::{Claims, RejectReason};
-use crate::token::params::{Ctx, ExpiresIn, SessionDuration, TokenType, Uses};
+use crate::token::params::{Ctx, ExpiresIn, ReconnectGrace, SessionDuration, TokenType, Uses};
 
 /// Longest token accepted for verification. A token with the largest ctx allowed
 /// (`Ctx::MAX_JSON_BYTES`) stays well below it; typical tokens are a few hundred bytes.
@@ -133,6 +133,8 @@ impl TokenVerifier {
 
 fn claims_are_in_range(claims: &Claims) -> bool {
     (Uses::MIN..=Uses::MAX).contains(&claims.uses)
+        && claims.reconnect_grace_seconds <= ReconnectGrace::MAX
+        && (claims.uses == 1 || claims.reconnect_grace_seconds == 0)
         && (SessionDuration::MIN..=SessionDuration::MAX)
             .contains(&claims.max_session_duration_seconds)
         && TokenType::parse(&claims.token_type).is_ok()
@@ -188,6 +190,7 @@ mod tests {
             max_session_duration_seconds: 600,
             ctx: BTreeMap::from([("sessionId".into(), "s-1".into())]),
             uses: 1,
+            reconnect_grace_seconds: 0,
         }
     }
 

@@ -74,6 +74,7 @@ fn claims(
         max_session_duration_seconds: session,
         ctx,
         uses,
+        reconnect_grace_seconds: 0,
     }
 }
 

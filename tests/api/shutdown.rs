@@ -46,6 +46,7 @@ fn a_redis_connection_first_used_by_a_worker_that_stopped_still_serves_the_other
         credit_limit: None,
         outlive_seconds: 0,
         issued_at: 0,
+        session: None,
     }));
 
     // Assert

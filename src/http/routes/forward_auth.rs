@@ -10,8 +10,10 @@
 //! - it is redeemed under the key's org rules and the stream's token types
 //!   (`STREAMTOKEN_STREAM_TOKEN_TYPES`), consuming one use, exactly as `POST /v1/tokens/redeem`.
 //!
-//! A grant is 200 with an empty body and the identity in `X-Streamtoken-*` headers, for the proxy
-//! to copy onto the upstream request. nginx passes only 401 and 403 on to the client (any other
+//! A grant is 200 with the identity in `X-Streamtoken-*` headers, for the proxy to copy onto the
+//! upstream request, and the body `{"resumed": <bool>}` (also `X-Streamtoken-Resumed`): `true`
+//! when the token re-opened its session within its reconnect grace, consuming nothing. The proxy
+//! holds the connection, not this service, so a re-opening's grace counts from the last grant. nginx passes only 401 and 403 on to the client (any other
 //! status becomes its 500), so every refusal is one of those two, in the canonical envelope and
 //! with `X-Streamtoken-Error: <code>`; only a store that cannot answer stays 503 (nothing was
 //! consumed, and nginx answers 500, never letting the request through).
@@ -76,8 +78,16 @@ fn original_query(req: &HttpRequest) -> &[u8] {
     }
 }
 
+/// The grant's body, for a proxy that reads it; the identity is in the headers.
+#[derive(serde::Serialize)]
+struct Granted {
+    resumed: bool,
+}
+
 fn granted(redemption: &Redemption) -> HttpResponse {
-    let mut response = HttpResponse::Ok().finish();
+    let mut response = HttpResponse::Ok().json(Granted {
+        resumed: redemption.resumed,
+    });
     for (name, value) in identity_headers(redemption) {
         response
             .headers_mut()

@@ -6,6 +6,7 @@ mod forward_auth;
 mod ops;
 mod proxy;
 mod revoke;
+mod sessions;
 mod stream;
 mod tokens;
 mod usage;
@@ -40,6 +41,7 @@ pub fn configure(
         ),
         ("/v1/tokens/revoke", Method::POST, web::to(revoke::revoke)),
         ("/v1/usage", Method::GET, web::to(usage::usage)),
+        ("/v1/sessions", Method::GET, web::to(sessions::sessions)),
         ("/v1/stream", Method::GET, web::to(stream::stream)),
         ("/healthz", Method::GET, web::to(ops::healthz)),
         ("/readyz", Method::GET, web::to(ops::readyz)),

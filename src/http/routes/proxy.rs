@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::admission::redeem::Redemption;
-use crate::admission::revocation::LiveSession;
+use crate::admission::session::HeldSession;
 use crate::gateway::BEARER_SUBPROTOCOL;
 use crate::http::connection::ConnectionSocket;
 use crate::http::error::ApiError;
@@ -100,8 +100,10 @@ pub async fn relay(
                 }
                 Err(why) => {
                     log::warn!("proxy {}: upstream unavailable: {why}", route.path);
-                    // Phase two failed: give the use back so the client can retry.
+                    // Phase two failed: give the use back (or the re-opened session) so the
+                    // client can retry.
                     let _ = state.redeemer.release(&redemption).await;
+                    live.end().await;
                     refuse(session, &ApiError::UpstreamUnavailable, dialect).await;
                 }
             },
@@ -204,7 +206,7 @@ async fn run_relay(
     messages: MessageStream,
     upstream: Upstream,
     redemption: &Redemption,
-    mut live: LiveSession,
+    mut live: HeldSession,
     settings: &StreamSettings,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -352,6 +354,7 @@ async fn run_relay(
         }
     }
     let _ = tokio::time::timeout(CLOSE_WAIT, session.close(ending.client)).await;
+    live.end().await;
 }
 
 /// The client's message as the upstream gets it; heartbeat pongs stay here.

@@ -5,7 +5,9 @@
 //! and a close code that says why (the table is in `http::websocket`).
 //!
 //! A good token gets `{"type":"session_begins","session_id":"<jti>","expires_at":"<RFC 3339>"}`,
-//! then text and binary frames are echoed (the demo workload) until the session's deadline.
+//! then text and binary frames are echoed (the demo workload) until the session's deadline. A
+//! token re-opening its dropped session within its reconnect grace gets the same frame with
+//! `"type":"session_resumed"`: the same session id and deadline.
 
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use serde::Serialize;
 use tokio::time::{sleep_until, Instant};
 
 use crate::admission::redeem::Redemption;
-use crate::admission::revocation::LiveSession;
+use crate::admission::session::HeldSession;
 use crate::gateway::BEARER_SUBPROTOCOL;
 use crate::http::connection::ConnectionSocket;
 use crate::http::error::ApiError;
@@ -99,13 +101,17 @@ async fn run_session(
     session: Session,
     messages: MessageStream,
     redemption: Redemption,
-    mut live: LiveSession,
+    mut live: HeldSession,
     settings: StreamSettings,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut messages = messages.max_frame_size(MAX_FRAME_BYTES);
     let begins = SessionBegins {
-        kind: "session_begins",
+        kind: if redemption.resumed {
+            "session_resumed"
+        } else {
+            "session_begins"
+        },
         session_id: redemption.claims.jti.to_string(),
         expires_at: redemption
             .session_expires_at
@@ -168,4 +174,5 @@ async fn run_session(
     // A client that stopped reading may never take the close frame either.
     drop(sending);
     let _ = tokio::time::timeout(CLOSE_WAIT, session.close(reason)).await;
+    live.end().await;
 }

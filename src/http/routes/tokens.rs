@@ -19,7 +19,7 @@ use crate::http::state::AppState;
 use crate::input::{integer_from_json, InvalidParam};
 use crate::token::claims::Claims;
 use crate::token::mint::{MintRequest, MintedToken};
-use crate::token::params::{Ctx, ExpiresIn, SessionDuration, TokenType, Uses};
+use crate::token::params::{Ctx, ExpiresIn, ReconnectGrace, SessionDuration, TokenType, Uses};
 use crate::token::verify::MAX_TOKEN_BYTES;
 
 /// Body of `POST /v1/tokens`; every field is optional. Unknown fields are refused so a typo
@@ -32,6 +32,7 @@ struct MintBody {
     max_session_duration_seconds: Option<Number>,
     ctx: Option<BTreeMap<String, String>>,
     uses: Option<Number>,
+    reconnect_grace_seconds: Option<Number>,
 }
 
 impl TryFrom<MintBody> for MintRequest {
@@ -39,6 +40,19 @@ impl TryFrom<MintBody> for MintRequest {
 
     fn try_from(body: MintBody) -> Result<Self, InvalidParam> {
         let defaults = MintRequest::default();
+        let uses = integer(body.uses, defaults.uses, Uses::parse)?;
+        let reconnect_grace = body
+            .reconnect_grace_seconds
+            .map(|grace| integer(Some(grace), ReconnectGrace::default(), ReconnectGrace::parse))
+            .transpose()?;
+        // A token of several uses opens several sessions: which one a reconnect re-opens would
+        // be a guess, so a grace is for single-use tokens.
+        if uses.get() > 1 && reconnect_grace.is_some_and(|grace| grace.get() > 0) {
+            return Err(InvalidParam::new(
+                ReconnectGrace::FIELD,
+                "reconnect_grace_seconds is for single-use tokens; send uses 1 (or leave it out)",
+            ));
+        }
         Ok(MintRequest {
             token_type: body
                 .token_type
@@ -54,7 +68,8 @@ impl TryFrom<MintBody> for MintRequest {
                 SessionDuration::parse,
             )?,
             ctx: body.ctx.map_or(Ok(defaults.ctx), Ctx::parse)?,
-            uses: integer(body.uses, defaults.uses, Uses::parse)?,
+            uses,
+            reconnect_grace,
         })
     }
 }
@@ -82,6 +97,7 @@ struct MintResponse<'a> {
     expires_at: String,
     max_session_duration_seconds: u32,
     uses: u32,
+    reconnect_grace_seconds: u32,
 }
 
 pub async fn mint(
@@ -109,6 +125,7 @@ fn render_minted(minted: &MintedToken) -> HttpResponse {
             .to_rfc3339_opts(SecondsFormat::Secs, true),
         max_session_duration_seconds: claims.max_session_duration_seconds,
         uses: claims.uses,
+        reconnect_grace_seconds: claims.reconnect_grace_seconds,
     })
 }
 
@@ -179,6 +196,8 @@ struct RedeemResponse<'a> {
     max_session_duration_seconds: u32,
     session_expires_at: String,
     uses_remaining: u32,
+    /// The token re-opened its session within its reconnect grace: no use was consumed.
+    resumed: bool,
 }
 
 pub async fn redeem(
@@ -197,6 +216,7 @@ pub async fn redeem(
             .session_expires_at
             .to_rfc3339_opts(SecondsFormat::Secs, true),
         uses_remaining: redemption.uses_remaining,
+        resumed: redemption.resumed,
     }))
 }
 

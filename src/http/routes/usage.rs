@@ -27,7 +27,7 @@ pub async fn usage(
 ) -> Result<HttpResponse, ApiError> {
     let requested = query::single(&req, "org")
         .map_err(|query::Repeated| InvalidParam::new("org", "org must be given at most once"))?;
-    let org = caller.usage_org(requested.as_deref())?;
+    let org = caller.readable_org(requested.as_deref())?;
     let usage = state
         .store
         .usage(org)
