@@ -16,8 +16,9 @@ use crate::token::params::{ReconnectGrace, TokenType};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
-    /// This process's name in the session listing (`STREAMTOKEN_INSTANCE`).
-    pub instance: String,
+    /// This process's name in the session listing (`STREAMTOKEN_INSTANCE`); unset, the host
+    /// name and the port served on (`instance_name`).
+    pub instance: Option<String>,
     /// HTTPS (and WSS) on `bind`; `None` serves plain HTTP. The admin listener is always plain.
     pub tls: Option<TlsSettings>,
     /// A second listener for operations; when set, `/metrics` answers there only.
@@ -321,7 +322,10 @@ impl Settings {
         let bind: SocketAddr = env.parsed("STREAMTOKEN_BIND", DEFAULT_BIND)?;
         Ok(Settings {
             bind,
-            instance: env.name("STREAMTOKEN_INSTANCE", &default_instance_name(Some(bind)))?,
+            instance: match env.text("STREAMTOKEN_INSTANCE") {
+                None => None,
+                Some(_) => Some(env.name("STREAMTOKEN_INSTANCE", "")?),
+            },
             tls: env.tls()?,
             admin_bind: match env.text("STREAMTOKEN_ADMIN_BIND") {
                 None => None,
@@ -430,6 +434,15 @@ impl Settings {
                 }
             },
         })
+    }
+}
+
+impl Settings {
+    /// The name the session listing shows for this process.
+    pub fn instance_name(&self) -> String {
+        self.instance
+            .clone()
+            .unwrap_or_else(|| default_instance_name(Some(self.bind)))
     }
 }
 

@@ -128,7 +128,7 @@ impl Redeemer {
         let store = crate::store::open(settings)?;
         log::info!("shared store: {}", store.backend());
         let redeemer =
-            Redeemer::new(keyring, &settings.token, store).with_instance(settings.instance.clone());
+            Redeemer::new(keyring, &settings.token, store).with_instance(settings.instance_name());
         if let Some(feed) = redeemer.store.clone().revocation_feed() {
             redeemer.live_sessions.follow(feed);
         }

@@ -34,7 +34,11 @@ impl HeldSession {
     pub async fn end(mut self) {
         if let Some(session) = self.session.take() {
             if let Err(e) = self.store.session_ended(&session).await {
-                log::warn!("session {} of {}: not marked closed: {e}", session.jti, session.org);
+                log::warn!(
+                    "session {} of {}: not marked closed: {e}",
+                    session.jti,
+                    session.org
+                );
             }
         }
     }

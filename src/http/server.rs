@@ -61,6 +61,14 @@ impl Application {
             ),
             None => None,
         };
+        let listener = listen(settings.bind)
+            .with_context(|| format!("binding STREAMTOKEN_BIND={}", settings.bind))?;
+        let address = listener.local_addr()?;
+        // The port served on, not 0, names this instance in the session listing.
+        let settings = Settings {
+            bind: address,
+            ..settings
+        };
         let mut state = AppState::from_settings(&settings)?;
         state.admin_address = admin.as_ref().map(TcpListener::local_addr).transpose()?;
         let state = web::Data::new(state);
@@ -71,9 +79,6 @@ impl Application {
                 settings.bind
             );
         }
-        let listener = listen(settings.bind)
-            .with_context(|| format!("binding STREAMTOKEN_BIND={}", settings.bind))?;
-        let address = listener.local_addr()?;
         let tls_config = match &tls {
             Some(served) => Some(
                 served

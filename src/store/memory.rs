@@ -120,10 +120,14 @@ impl MemoryStore {
         let Some(record) = sessions.get_mut(&id) else {
             return Consumed::AlreadyUsed;
         };
+        // Without a grace there is nothing to re-open: the token is used, as it always was.
+        if session.grace_seconds == 0 {
+            return Consumed::AlreadyUsed;
+        }
         if record.connection.is_some() {
             return Consumed::SessionAlreadyOpen;
         }
-        if !record.alive(now_ms) || session.grace_seconds == 0 {
+        if !record.alive(now_ms) {
             return Consumed::AlreadyUsed;
         }
         if session.held {

@@ -76,9 +76,9 @@ local function resume()
     redis.call('HSET', KEYS[5], 'c', ARGV[3], 'h', '1', 'i', ARGV[12])
     index(deadline)
   else
-    local until = math.min(now + grace * 1000, deadline)
-    redis.call('HSET', KEYS[5], 'u', until)
-    redis.call('ZADD', KEYS[6], 'XX', until, ARGV[13])
+    local resumable = math.min(now + grace * 1000, deadline)
+    redis.call('HSET', KEYS[5], 'u', resumable)
+    redis.call('ZADD', KEYS[6], 'XX', resumable, ARGV[13])
   end
   return {-5, tonumber(s[1]), deadline}
 end
@@ -99,10 +99,10 @@ redis.call('INCR', KEYS[2])
 if mode == 1 then
   local now, deadline = now_ms(), tonumber(ARGV[9])
   local held = ARGV[11] == '1'
-  local connection, until = '', math.min(now + tonumber(ARGV[10]) * 1000, deadline)
+  local connection, resumable = '', math.min(now + tonumber(ARGV[10]) * 1000, deadline)
   if held then connection = ARGV[3] end
   redis.call('HSET', KEYS[5], 't', ARGV[8], 'o', now, 'e', deadline, 'c', connection,
-    'h', ARGV[11], 'i', ARGV[12], 'u', until)
+    'h', ARGV[11], 'i', ARGV[12], 'u', resumable)
   redis.call('PEXPIREAT', KEYS[5], deadline + tonumber(ARGV[5]) * 1000)
   if held then
     redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
@@ -126,9 +126,9 @@ if grace <= 0 then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local until = math.min(now + grace * 1000, tonumber(redis.call('HGET', KEYS[1], 'e')))
-redis.call('HSET', KEYS[1], 'c', '', 'u', until)
-redis.call('ZADD', KEYS[2], 'XX', until, ARGV[3])
+local resumable = math.min(now + grace * 1000, tonumber(redis.call('HGET', KEYS[1], 'e')))
+redis.call('HSET', KEYS[1], 'c', '', 'u', resumable)
+redis.call('ZADD', KEYS[2], 'XX', resumable, ARGV[3])
 return 1
 ";
 
@@ -582,11 +582,8 @@ impl ReplayStore for RedisStore {
         // One round trip to the node holding the entry: [the persistence check,] the use. The
         // check concerns the very node that records the use: a Redis restarted without
         // persistence cannot slip in between. (`WAIT` for replicas follows only an accepted use.)
-        let record_id = super::session_record_id(
-            use_of.jti,
-            use_of.attempt,
-            use_of.allowed_uses == 1,
-        );
+        let record_id =
+            super::session_record_id(use_of.jti, use_of.attempt, use_of.allowed_uses == 1);
         let session_keys = use_of.session.map(|_| {
             (
                 format!("{}{record_id}", self.keys.session_prefix(use_of.org)),
@@ -752,10 +749,7 @@ impl ReplayStore for RedisStore {
         let index = self.keys.session_index(&session.org);
         let marker = session.connection.simple().to_string();
         let build = |by_hash: bool| {
-            let mut ended = self
-                .scripts
-                .session_ended
-                .call(by_hash, &[&record, &index]);
+            let mut ended = self.scripts.session_ended.call(by_hash, &[&record, &index]);
             ended.arg(&marker).arg(session.grace_seconds).arg(&id);
             let mut pipe = redis::pipe();
             pipe.add_command(ended);

@@ -107,9 +107,7 @@ impl RejectReason {
             RejectReason::WrongOrg => "the token belongs to another organisation",
             RejectReason::WrongTokenType => "this endpoint does not accept tokens of this type",
             RejectReason::Revoked => "the token has been revoked",
-            RejectReason::SessionAlreadyOpen => {
-                "the token's session is open on another connection"
-            }
+            RejectReason::SessionAlreadyOpen => "the token's session is open on another connection",
         }
     }
 }

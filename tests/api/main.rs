@@ -13,6 +13,7 @@ mod metrics;
 mod nginx;
 mod properties;
 mod proxy;
+mod reconnect;
 mod redis;
 mod redis_cluster_support;
 mod replication;

@@ -43,7 +43,13 @@ impl TryFrom<MintBody> for MintRequest {
         let uses = integer(body.uses, defaults.uses, Uses::parse)?;
         let reconnect_grace = body
             .reconnect_grace_seconds
-            .map(|grace| integer(Some(grace), ReconnectGrace::default(), ReconnectGrace::parse))
+            .map(|grace| {
+                integer(
+                    Some(grace),
+                    ReconnectGrace::default(),
+                    ReconnectGrace::parse,
+                )
+            })
             .transpose()?;
         // A token of several uses opens several sessions: which one a reconnect re-opens would
         // be a guess, so a grace is for single-use tokens.

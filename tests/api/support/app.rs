@@ -45,6 +45,8 @@ pub struct Options {
     pub admin_bind: Option<std::net::SocketAddr>,
     /// `STREAMTOKEN_PROXY`: WebSocket paths relayed to upstreams.
     pub proxy: Vec<streamtoken::settings::ProxyRoute>,
+    /// `STREAMTOKEN_RECONNECT_GRACE_SECONDS`: the grace of tokens minted without one.
+    pub reconnect_grace_seconds: u32,
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
             demo: DemoMode::On,
             admin_bind: None,
             proxy: Vec::new(),
+            reconnect_grace_seconds: 0,
         }
     }
 }
@@ -100,6 +103,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     settings.workers = 2;
     settings.redis = options.redis;
     settings.token.leeway_seconds = options.leeway_seconds;
+    settings.token.reconnect_grace_seconds = options.reconnect_grace_seconds;
     settings.rate_limit = options.rate_limit;
     settings.compat = options.compat;
     settings.stream = options.stream;

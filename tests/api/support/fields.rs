@@ -19,7 +19,7 @@ pub const BASE_CLAIMS: [&str; 8] = [
 ];
 
 /// The fields of a `POST /v1/tokens` success.
-pub const MINT_RESPONSE_FIELDS: [&str; 7] = [
+pub const MINT_RESPONSE_FIELDS: [&str; 8] = [
     "token",
     "token_type",
     "jti",
@@ -27,10 +27,11 @@ pub const MINT_RESPONSE_FIELDS: [&str; 7] = [
     "expires_at",
     "max_session_duration_seconds",
     "uses",
+    "reconnect_grace_seconds",
 ];
 
 /// The fields of a `POST /v1/tokens/redeem` success.
-pub const REDEEM_RESPONSE_FIELDS: [&str; 7] = [
+pub const REDEEM_RESPONSE_FIELDS: [&str; 8] = [
     "org",
     "token_type",
     "jti",
@@ -38,6 +39,7 @@ pub const REDEEM_RESPONSE_FIELDS: [&str; 7] = [
     "max_session_duration_seconds",
     "session_expires_at",
     "uses_remaining",
+    "resumed",
 ];
 
 pub fn now() -> i64 {
