@@ -10,7 +10,11 @@
 //!
 //! A session that runs on after the redemption learns that its token was revoked through
 //! `Redeemer::watch`, whose `LiveSession::revoked` completes then (within a second with Redis,
-//! wherever the revocation was recorded).
+//! wherever the revocation was recorded). A gateway that holds the session's connection itself
+//! opens it with `open_presented` (or `Redeemer::open_session`) instead: the session is listed
+//! (`GET /v1/sessions`), a second connection with the same token is refused while it is open,
+//! `HeldSession::revoked` completes on revocation, and after `HeldSession::end` the token
+//! re-opens it within its reconnect grace (`Redemption::resumed`).
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
@@ -22,6 +26,7 @@ pub use crate::admission::presented::{
 };
 pub use crate::admission::redeem::{Redeemer, Redemption};
 pub use crate::admission::revocation::LiveSession;
+pub use crate::admission::session::HeldSession;
 pub use crate::http::error::ApiError;
 
 /// Verifies and consumes the presented token under the redeemer's own policy
@@ -33,6 +38,16 @@ pub async fn redeem_presented(
     let (token, source) = presented_token(req).ok_or(ApiError::MissingToken)?;
     let redemption = redeemer.redeem(&token).await?;
     Ok((redemption, source))
+}
+
+/// Like `redeem_presented`, for a gateway that holds the session's connection: call
+/// `HeldSession::end` when it closes.
+pub async fn open_presented(
+    req: &HttpRequest,
+    redeemer: &Redeemer,
+) -> Result<(Redemption, HeldSession), ApiError> {
+    let (token, _) = presented_token(req).ok_or(ApiError::MissingToken)?;
+    Ok(redeemer.open_session(&token).await?)
 }
 
 /// A token redeemed for this request: one use is consumed before the handler runs.

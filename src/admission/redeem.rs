@@ -198,6 +198,14 @@ impl Redeemer {
     pub async fn open_session(
         &self,
         token: &str,
+    ) -> Result<(Redemption, HeldSession), RedeemError> {
+        self.open_session_under(token, &self.policy).await
+    }
+
+    /// Like `open_session`, under the policy of the surface at hand.
+    pub async fn open_session_under(
+        &self,
+        token: &str,
         policy: &Policy,
     ) -> Result<(Redemption, HeldSession), RedeemError> {
         let redemption = self.admit(token, policy, Holding::Connection).await?;

@@ -64,7 +64,7 @@ pub async fn admit(req: &HttpRequest, state: &AppState) -> Result<Admitted, ApiE
     };
     let (redemption, live) = state
         .redeemer
-        .open_session(&token, &state.stream_policy)
+        .open_session_under(&token, &state.stream_policy)
         .await?;
     // Only a keyring reload between the two verifications gets here without a slot.
     let slot = match slot {

@@ -222,9 +222,15 @@ fn check(case: &Case, answer: &Answer) -> Result<(), String> {
             }
         }
         Expect::Granted => {
-            if !answer.body.is_empty() {
+            // A HEAD answer has its headers and no body.
+            let body: &[u8] = match case.request.method.as_str() {
+                "HEAD" => b"",
+                _ => br#"{"resumed":false}"#,
+            };
+            if answer.body != body {
                 return Err(format!(
-                    "a grant has no body: {:?}",
+                    "a first grant answers {:?}, not {:?}",
+                    String::from_utf8_lossy(body),
                     String::from_utf8_lossy(&answer.body)
                 ));
             }
@@ -452,6 +458,7 @@ const STREAM_OK: &[&str] = &["success", "token", "ttl"];
 const CHAT_OK: &[&str] = &["success", "token", "expires_in"];
 const USAGE: &[&str] = &["org", "minted", "redeemed", "credits_remaining"];
 const REVOKED: &[&str] = &["revoked", "sessions_closed"];
+const SESSIONS: &[&str] = &["org", "sessions", "truncated"];
 
 fn canonical(code: &'static str) -> Expect {
     Expect::Canonical { code, reason: None }
@@ -816,6 +823,15 @@ fn table(keys: &Keys, forge: &Forge, tokens: &mut Tokens) -> Vec<Case> {
     t.push(case("usage: an org named with a broken escape is another org", "GET", "/v1/usage?org=%ZZ").bearer(dev).expect(403, canonical("wrong_org")));
     t.push(case("usage: org given twice", "GET", "/v1/usage?org=dev&org=dev").bearer(dev).expect(400, canonical("invalid_request")));
     t.push(case("usage: POST", "POST", "/v1/usage").bearer(dev).expect(405, canonical("method_not_allowed")).with_response_header("allow", "GET"));
+
+    // ---- GET /v1/sessions ----------------------------------------------------------------------
+    t.push(case("sessions: dev key (control)", "GET", "/v1/sessions").bearer(dev).expect(200, Expect::Fields(SESSIONS)));
+    t.push(case("sessions: mint-only key is enough", "GET", "/v1/sessions").bearer(mint_only).expect(200, Expect::Fields(SESSIONS)));
+    t.push(case("sessions: no API key", "GET", "/v1/sessions").expect(401, canonical("missing_api_key")));
+    t.push(case("sessions: another org's, by an org-bound key", "GET", "/v1/sessions?org=acme").bearer(dev).expect(403, canonical("wrong_org")));
+    t.push(case("sessions: org given twice", "GET", "/v1/sessions?org=dev&org=dev").bearer(dev).expect(400, canonical("invalid_request")));
+    t.push(case("sessions: broken escapes in the query are ignored", "GET", "/v1/sessions?x=%ZZ").bearer(dev).expect(200, Expect::Fields(SESSIONS)));
+    t.push(case("sessions: DELETE", "DELETE", "/v1/sessions").bearer(dev).expect(405, canonical("method_not_allowed")).with_response_header("allow", "GET"));
 
     // ---- GET /v3/token (AssemblyAI) -----------------------------------------------------------
     let aai = |query: &str| format!("{ASSEMBLYAI}?{query}");

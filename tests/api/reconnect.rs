@@ -526,3 +526,51 @@ async fn the_listing_is_per_org_and_an_operator_key_names_the_org() {
         .unwrap();
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn an_embedded_gateway_holding_a_session_refuses_a_second_connection_and_reopens_it_after_end(
+) {
+    use std::sync::Arc;
+    use streamtoken::admission::redeem::RedeemError;
+    use streamtoken::gateway::Redeemer;
+    use streamtoken::settings::TokenSettings;
+    use streamtoken::store::{Covers, MemoryStore, Revocation, SharedStore};
+    use streamtoken::token::claims::RejectReason;
+
+    let app = spawn_app_with(Options::default()).await;
+    let store: Arc<dyn SharedStore> = Arc::new(MemoryStore::new());
+    let redeemer = Redeemer::new(app.keyring(), &TokenSettings::default(), store.clone());
+    let token = app
+        .mint_token(json!({ "reconnect_grace_seconds": 5 }))
+        .await;
+
+    let (first, held) = redeemer.open_session(&token).await.unwrap();
+    assert!(!first.resumed);
+    assert!(matches!(
+        redeemer.open_session(&token).await,
+        Err(RedeemError::Rejected(RejectReason::SessionAlreadyOpen))
+    ));
+    let listed = store.sessions("dev").await.unwrap();
+    assert_eq!(
+        (listed.len(), listed[0].connected, listed[0].session_id),
+        (1, true, first.claims.jti)
+    );
+
+    held.end().await;
+    assert!(!store.sessions("dev").await.unwrap()[0].connected);
+    let (again, mut held) = redeemer.open_session(&token).await.unwrap();
+    assert!(again.resumed);
+    assert_eq!(
+        again.session_expires_at.timestamp_millis(),
+        first.session_expires_at.timestamp_millis()
+    );
+
+    // Revocation reaches a held session as it reaches a watched one.
+    redeemer.live_sessions().revoke(&Revocation {
+        org: "dev".into(),
+        covers: Covers::Token(first.claims.jti),
+    });
+    tokio::time::timeout(Duration::from_secs(1), held.revoked())
+        .await
+        .expect("told of the revocation");
+}
