@@ -364,6 +364,24 @@ impl RedisStore {
         });
     }
 
+    /// Ends, behind whatever is in flight, the held session a failed attempt may have recorded
+    /// or re-opened (best effort, as `release_after_timeout`): a retry must not find it "open".
+    /// Without a grace the record goes; with one, the session is left to re-open.
+    fn end_session_after_failure(
+        &self,
+        (record, index, id): (&str, &str, &str),
+        marker: &str,
+        grace_seconds: u32,
+    ) {
+        let mut conn = self.conn.clone();
+        let mut ended = self.scripts.session_ended.call(false, &[record, index]);
+        ended.arg(marker).arg(grace_seconds).arg(id);
+        self.io.handle().spawn(async move {
+            let _ =
+                tokio::time::timeout(RELEASE_DEADLINE, ended.query_async::<i64>(&mut conn)).await;
+        });
+    }
+
     /// `call` on the I/O runtime, bounded by the configured timeout whatever the connection is
     /// doing: a paused or unreachable Redis turns into a quick 503, never a pile of waiting
     /// requests. A call that times out is abandoned (what it sent stays sent).
@@ -625,10 +643,21 @@ impl ReplayStore for RedisStore {
             pipe.add_command(consume);
             pipe
         };
+        // A held session this attempt may have recorded must not stay "open" when the attempt
+        // fails: its connection never came to be.
+        let abandon_session = || {
+            if let (Some(session), Some((record, index))) = (&use_of.session, &session_keys) {
+                if session.held {
+                    let ended = (record.as_str(), index.as_str(), record_id.as_str());
+                    self.end_session_after_failure(ended, &marker, session.grace_seconds);
+                }
+            }
+        };
         let replies = match self.pipeline(build).await {
             Ok(replies) => replies,
             Err(unavailable) => {
                 self.release_after_timeout(&entry, &redeemed, &marker);
+                abandon_session();
                 return Err(unavailable);
             }
         };
@@ -655,6 +684,7 @@ impl ReplayStore for RedisStore {
         if let Some(persistence) = persistence.filter(|p| *p != Persistence::EveryWrite) {
             // Redis would not keep this use across a restart: take it back and refuse, so the
             // token can be redeemed once persistence is on.
+            abandon_session();
             self.take_back(&entry, &redeemed, &marker).await?;
             return Err(not_persistent(&persistence));
         }
@@ -662,6 +692,7 @@ impl ReplayStore for RedisStore {
             let acknowledged = self.replicas_holding(&entry).await.unwrap_or(0);
             if acknowledged < i64::from(self.replica_acks) {
                 // A failover now could forget this use: take it back and let the client retry.
+                abandon_session();
                 let _ = self.take_back(&entry, &redeemed, &marker).await;
                 return Err(StoreUnavailable(format!(
                     "{acknowledged} of the {} Redis replicas required \

@@ -574,3 +574,42 @@ async fn an_embedded_gateway_holding_a_session_refuses_a_second_connection_and_r
         .await
         .expect("told of the revocation");
 }
+
+/// A re-opening that meets a Redis that does not answer is refused with 1011 ("retry"), and the
+/// retry re-opens the session: the attempt that timed out does not leave it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reopening_refused_while_redis_was_paused_can_be_retried() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let app = spawn_app_with(Options {
+        leeway_seconds: 0,
+        redis: Some(crate::support::app::redis_settings(&redis.url())),
+        ..Options::default()
+    })
+    .await;
+    let server = Server::of_app(&app);
+    let (token, jti) = server.mint(json!({ "reconnect_grace_seconds": 30 })).await;
+    let (first, _) = server.open(&token, "session_begins").await;
+    drop(first);
+    listing_until(&server, |listed| {
+        listed.len() == 1 && listed[0]["connected"] == false
+    })
+    .await;
+
+    redis.command(&["CLIENT", "PAUSE", "2000", "WRITE"]);
+    let (code, close, _) = server.refused(&token).await;
+    assert_eq!((code.as_str(), close), ("replay_store_unavailable", 1011));
+    redis.command(&["CLIENT", "UNPAUSE"]);
+
+    let until = Instant::now() + Duration::from_secs(5);
+    let resumed = loop {
+        let (ws, first) = server.connect(&token).await;
+        if first["type"] == "session_resumed" {
+            break (ws, first);
+        }
+        assert!(Instant::now() < until, "never re-opened: {first}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(resumed.1["session_id"], jti);
+}
