@@ -446,7 +446,8 @@ impl Settings {
     }
 }
 
-/// `<host name>:<port>`: tells apart processes on several hosts and on one.
+/// `<host name>:<port>` (or `<host name>/pid-<pid>` with no port): tells apart processes on
+/// several hosts and on one.
 pub fn default_instance_name(bind: Option<SocketAddr>) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -455,7 +456,8 @@ pub fn default_instance_name(bind: Option<SocketAddr>) -> String {
         .unwrap_or_else(|| "streamtoken".into());
     match bind {
         Some(bind) => format!("{host}:{}", bind.port()),
-        None => host,
+        // An embedded gateway: processes on one host are told apart by their pid.
+        None => format!("{host}/pid-{}", std::process::id()),
     }
 }
 

@@ -8,10 +8,10 @@ use chrono::{DateTime, Utc};
 
 use crate::admission::policy::Policy;
 use crate::admission::revocation::{LiveSession, LiveSessions};
-use crate::admission::session::HeldSession;
+use crate::admission::session::{HeldSession, Leases};
 use crate::keys::keyring::{KeyFileModes, KeyringHandle};
 use crate::metrics::Metrics;
-use crate::settings::TokenSettings;
+use crate::settings::{default_instance_name, TokenSettings};
 use crate::store::{Consumed, SessionOf, SessionRef, SharedStore, StoreUnavailable, UseOf};
 use crate::token::claims::{Claims, RejectReason};
 use crate::token::verify::TokenVerifier;
@@ -81,6 +81,8 @@ pub struct Redeemer {
     live_sessions: Arc<LiveSessions>,
     /// This process's name in the session listing.
     instance: String,
+    /// The orgs of the sessions held here, whose leases in the store are renewed.
+    leases: Arc<Leases>,
 }
 
 impl Redeemer {
@@ -92,17 +94,20 @@ impl Redeemer {
         Redeemer {
             keyring,
             verifier: TokenVerifier::new(settings),
-            store,
             leeway_seconds: settings.leeway_seconds as i64,
             metrics: None,
             policy: Policy::any(),
             live_sessions: LiveSessions::new(),
-            instance: crate::settings::default_instance_name(None),
+            leases: Leases::new(store.clone(), default_instance_name(None)),
+            instance: default_instance_name(None),
+            store,
         }
     }
 
-    /// The name the session listing shows for sessions held by this process.
+    /// The name the session listing shows for sessions held by this process. Processes sharing
+    /// a store need distinct names: a process's lease covers the sessions held under its name.
     pub fn with_instance(mut self, instance: String) -> Self {
+        self.leases = Leases::new(self.store.clone(), instance.clone());
         self.instance = instance;
         self
     }
@@ -211,7 +216,7 @@ impl Redeemer {
         let redemption = self.admit(token, policy, Holding::Connection).await?;
         let held = HeldSession::new(
             self.live_sessions.register(&redemption.claims),
-            self.store.clone(),
+            &self.leases,
             SessionRef {
                 org: redemption.claims.org.clone(),
                 jti: redemption.claims.jti,

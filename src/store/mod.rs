@@ -131,6 +131,15 @@ pub struct SessionRecord {
 /// Most sessions one listing returns.
 pub const MAX_LISTED_SESSIONS: usize = 1000;
 
+/// How long a process's lease on the sessions it holds lasts past its last renewal. A shared
+/// store refuses a second connection to a held session only while the holder's lease runs, so
+/// the sessions of a process killed outright become re-openable (within their grace) once it
+/// runs out.
+pub const SESSION_LEASE: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// How often a process renews its leases: a third of the lease, so two renewals may fail.
+pub const SESSION_LEASE_RENEWAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What one revocation covers, always within one org (the store locates entries by org).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
@@ -230,6 +239,12 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// may be re-opened until it runs out (or the deadline comes), else it is gone. Nothing
     /// happens if another connection holds it now.
     async fn session_ended(&self, session: &SessionRef) -> Result<(), StoreUnavailable>;
+
+    /// Renews this process's (`instance`) lease on the sessions it holds in each of `orgs` (see
+    /// `SESSION_LEASE`). Nothing to do for a store only one process uses.
+    async fn keep_leases(&self, _instance: &str, _orgs: &[String]) -> Result<(), StoreUnavailable> {
+        Ok(())
+    }
 
     /// `org`'s held sessions, connected or within their grace, oldest first; at most
     /// `MAX_LISTED_SESSIONS` + 1 (the one more tells the listing it was cut short).

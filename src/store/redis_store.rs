@@ -33,17 +33,22 @@ use super::redis_connection::RedisConnection;
 use super::{
     Consumed, Covers, FleetQuota, QuotaTaken, ReplayStore, Revocation, RevocationFeed, RevokeEntry,
     SessionRecord, SessionRef, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf,
-    MAX_LISTED_SESSIONS,
+    MAX_LISTED_SESSIONS, SESSION_LEASE,
 };
 use crate::settings::{RateQuota, RedisSettings};
 
 /// Records one use of a token, charging a credit in the same step when the org has a limit,
 /// and with a session (KEYS 5-6, ARGV 7-13) records it too, or re-opens it within its grace.
 /// KEYS: use entry, redeemed counter, the token's revocation entry, the org's revocation
-/// threshold[, session record, the org's session index]. ARGV: allowed uses, expiry (unix s),
-/// attempt marker, credit limit (-1 = none), seconds the entry must outlive Redis's own clock at
-/// least, the token's `iat`[, mode (1 open or re-open, 2 re-open only), token type, the new
-/// session's deadline (unix ms), grace (s), held (1/0), instance, the record's id in the index].
+/// threshold[, session record, the org's session index, this instance's lease]. ARGV: allowed
+/// uses, expiry (unix s), attempt marker, credit limit (-1 = none), seconds the entry must
+/// outlive Redis's own clock at least, the token's `iat`[, mode (1 open or re-open, 2 re-open
+/// only), token type, the new session's deadline (unix ms), grace (s), held (1/0), instance,
+/// the record's id in the index, the org's lease key prefix (up to the instance), lease (ms),
+/// how long a lease key is kept (ms)].
+/// A held session is refused to a second connection only while the lease of the process
+/// holding it (`RENEW_LEASE`) runs: a process killed outright leaves its sessions re-openable
+/// from when its lease ran out.
 /// Returns the uses left, -1 when none were left, -2 when the org has no credit left, -3 when
 /// the token is revoked, -4 when its session is open on another connection, or
 /// {-5, opened at, deadline} when its session was re-opened.
@@ -64,16 +69,26 @@ local function index(score)
   local keep = score + tonumber(ARGV[5]) * 1000
   if redis.call('PEXPIRETIME', KEYS[6]) < keep then redis.call('PEXPIREAT', KEYS[6], keep) end
 end
+local function hold(now)
+  redis.call('SET', KEYS[7], now + tonumber(ARGV[15]), 'PX', tonumber(ARGV[16]))
+end
 local function resume()
   local grace = tonumber(ARGV[10])
   if allowed ~= 1 or grace <= 0 then return -1 end
-  local s = redis.call('HMGET', KEYS[5], 'o', 'e', 'c', 'u')
+  local s = redis.call('HMGET', KEYS[5], 'o', 'e', 'c', 'u', 'i')
   if not s[1] then return -1 end
-  if s[3] ~= '' then return -4 end
   local now, deadline = now_ms(), tonumber(s[2])
-  if now > tonumber(s[4]) or now >= deadline then return -1 end
+  local resumable = tonumber(s[4])
+  if s[3] ~= '' then
+    -- Held: refused while its process lives; a process that died dropped it when its lease ran out.
+    local alive = tonumber(redis.call('GET', ARGV[14] .. s[5]) or s[1])
+    if alive >= now then return -4 end
+    resumable = math.min(alive + grace * 1000, deadline)
+  end
+  if now > resumable or now >= deadline then return -1 end
   if ARGV[11] == '1' then
     redis.call('HSET', KEYS[5], 'c', ARGV[3], 'h', '1', 'i', ARGV[12])
+    hold(now)
     index(deadline)
   else
     local resumable = math.min(now + grace * 1000, deadline)
@@ -102,10 +117,11 @@ if mode == 1 then
   local connection, resumable = '', math.min(now + tonumber(ARGV[10]) * 1000, deadline)
   if held then connection = ARGV[3] end
   redis.call('HSET', KEYS[5], 't', ARGV[8], 'o', now, 'e', deadline, 'c', connection,
-    'h', ARGV[11], 'i', ARGV[12], 'u', resumable)
+    'h', ARGV[11], 'i', ARGV[12], 'u', resumable, 'g', ARGV[10])
   redis.call('PEXPIREAT', KEYS[5], deadline + tonumber(ARGV[5]) * 1000)
   if held then
     redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+    hold(now)
     index(deadline)
   end
 end
@@ -133,8 +149,9 @@ return 1
 ";
 
 /// An org's held sessions that still matter, oldest deadline first. KEYS: the org's session
-/// index. ARGV: the session record key's prefix (up to the id), most to return. Drops what has
-/// run out. Returns {id, token type, opened at, deadline, connection, instance, …}.
+/// index. ARGV: the session record key's prefix (up to the id), most to return, the org's lease
+/// key prefix. Drops what has run out, including sessions of a dead process past their grace.
+/// Returns {id, token type, opened at, deadline, connected (1/0), instance, …}.
 const LIST_SESSIONS: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -142,15 +159,37 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local ids = redis.call('ZRANGE', KEYS[1], now, '+inf', 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, id in ipairs(ids) do
-  local s = redis.call('HMGET', ARGV[1] .. id, 't', 'o', 'e', 'c', 'i')
-  if s[1] then
+  local s = redis.call('HMGET', ARGV[1] .. id, 't', 'o', 'e', 'c', 'i', 'g')
+  local listed = s[1] ~= false
+  local connected = listed and s[4] ~= ''
+  if connected then
+    local alive = tonumber(redis.call('GET', ARGV[3] .. s[5]) or s[2])
+    if alive < now then
+      connected = false
+      listed = now <= math.min(alive + tonumber(s[6] or '0') * 1000, tonumber(s[3]))
+    end
+  end
+  if listed then
     table.insert(out, id)
-    for i = 1, 5 do table.insert(out, s[i]) end
+    table.insert(out, s[1])
+    table.insert(out, s[2])
+    table.insert(out, s[3])
+    table.insert(out, connected and '1' or '0')
+    table.insert(out, s[5])
   else
     redis.call('ZREM', KEYS[1], id)
   end
 end
 return out
+";
+
+/// Keeps a process's lease on an org's held sessions. KEYS: the lease. ARGV: lease (ms), how long
+/// the key is kept (ms). The value is when the lease runs out, on Redis's clock.
+const RENEW_LEASE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], now + tonumber(ARGV[1]), 'PX', tonumber(ARGV[2]))
+return 1
 ";
 
 /// Takes back one attempt's use and its count (or credit). KEYS: use entry, redeemed counter.
@@ -206,6 +245,10 @@ return {1, math.floor((capacity - (next_tat - now)) / interval), 0}
 /// How often minted counts summed in the process are added to Redis.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a lease key stays after its last renewal: as long as a session it covers could run
+/// (a day), so a dead process's sessions are judged by when its lease ran out.
+const LEASE_KEPT: Duration = Duration::from_secs(86_400 + 60);
+
 /// How long a background release after a timeout may wait for Redis.
 const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -233,6 +276,7 @@ struct Scripts {
     revoke: Lua,
     session_ended: Lua,
     list_sessions: Lua,
+    renew_lease: Lua,
 }
 
 impl RedisStore {
@@ -263,6 +307,7 @@ impl RedisStore {
                 revoke: Lua::new(REVOKE),
                 session_ended: Lua::new(SESSION_ENDED),
                 list_sessions: Lua::new(LIST_SESSIONS),
+                renew_lease: Lua::new(RENEW_LEASE),
             },
         };
         store.spawn_minted_flusher();
@@ -542,6 +587,11 @@ impl KeyLayout {
     fn session_index(&self, org: &str) -> String {
         self.counter(org, "sessions")
     }
+
+    /// Where the org's process leases start; a lease is this followed by the instance name.
+    fn lease_prefix(&self, org: &str) -> String {
+        format!("{}:{{{org}}}:instance:", self.0)
+    }
 }
 
 /// A Lua script, sent by hash and, when a node does not know it yet, by text.
@@ -602,10 +652,12 @@ impl ReplayStore for RedisStore {
         // persistence cannot slip in between. (`WAIT` for replicas follows only an accepted use.)
         let record_id =
             super::session_record_id(use_of.jti, use_of.attempt, use_of.allowed_uses == 1);
-        let session_keys = use_of.session.map(|_| {
+        let lease_prefix = self.keys.lease_prefix(use_of.org);
+        let session_keys = use_of.session.map(|session| {
             (
                 format!("{}{record_id}", self.keys.session_prefix(use_of.org)),
                 self.keys.session_index(use_of.org),
+                format!("{lease_prefix}{}", session.instance),
             )
         });
         let build = |by_hash: bool| {
@@ -619,8 +671,8 @@ impl ReplayStore for RedisStore {
                 revoked.as_str(),
                 revoked_before.as_str(),
             ];
-            if let Some((record, index)) = &session_keys {
-                keys.extend([record.as_str(), index.as_str()]);
+            if let Some((record, index, lease)) = &session_keys {
+                keys.extend([record.as_str(), index.as_str(), lease.as_str()]);
             }
             let mut consume = self.scripts.consume.call(by_hash, &keys);
             consume
@@ -638,7 +690,10 @@ impl ReplayStore for RedisStore {
                     .arg(session.grace_seconds)
                     .arg(u8::from(session.held))
                     .arg(session.instance)
-                    .arg(&record_id);
+                    .arg(&record_id)
+                    .arg(&lease_prefix)
+                    .arg(SESSION_LEASE.as_millis() as u64)
+                    .arg(LEASE_KEPT.as_millis() as u64);
             }
             pipe.add_command(consume);
             pipe
@@ -646,7 +701,7 @@ impl ReplayStore for RedisStore {
         // A held session this attempt may have recorded must not stay "open" when the attempt
         // fails: its connection never came to be.
         let abandon_session = || {
-            if let (Some(session), Some((record, index))) = (&use_of.session, &session_keys) {
+            if let (Some(session), Some((record, index, _))) = (&use_of.session, &session_keys) {
                 if session.held {
                     let ended = (record.as_str(), index.as_str(), record_id.as_str());
                     self.end_session_after_failure(ended, &marker, session.grace_seconds);
@@ -789,12 +844,35 @@ impl ReplayStore for RedisStore {
         self.pipeline(build).await.map(drop)
     }
 
+    async fn keep_leases(&self, instance: &str, orgs: &[String]) -> Result<(), StoreUnavailable> {
+        // One script per org (each on its org's slot), all in flight at once.
+        let renewals = orgs.iter().map(|org| {
+            let lease = format!("{}{instance}", self.keys.lease_prefix(org));
+            let build = move |by_hash: bool| {
+                let mut renew = self.scripts.renew_lease.call(by_hash, &[&lease]);
+                renew
+                    .arg(SESSION_LEASE.as_millis() as u64)
+                    .arg(LEASE_KEPT.as_millis() as u64);
+                let mut pipe = redis::pipe();
+                pipe.add_command(renew);
+                pipe
+            };
+            async move { self.pipeline(build).await }
+        });
+        for renewed in futures_util::future::join_all(renewals).await {
+            renewed?;
+        }
+        Ok(())
+    }
+
     async fn sessions(&self, org: &str) -> Result<Vec<SessionRecord>, StoreUnavailable> {
         let index = self.keys.session_index(org);
         let prefix = self.keys.session_prefix(org);
         let build = |by_hash: bool| {
             let mut list = self.scripts.list_sessions.call(by_hash, &[&index]);
-            list.arg(&prefix).arg(MAX_LISTED_SESSIONS + 1);
+            list.arg(&prefix)
+                .arg(MAX_LISTED_SESSIONS + 1)
+                .arg(self.keys.lease_prefix(org));
             let mut pipe = redis::pipe();
             pipe.add_command(list);
             pipe
@@ -809,7 +887,7 @@ impl ReplayStore for RedisStore {
     }
 }
 
-/// One listed session: id, token type, opened at, deadline, connection, instance. A record
+/// One listed session: id, token type, opened at, deadline, connected, instance. A record
 /// this version cannot read is left out.
 fn session_record(fields: &[Option<String>]) -> Option<SessionRecord> {
     let [Some(id), Some(token_type), Some(opened), Some(deadline), connection, instance] = fields
@@ -821,7 +899,7 @@ fn session_record(fields: &[Option<String>]) -> Option<SessionRecord> {
         token_type: token_type.clone(),
         opened_at_ms: opened.parse().ok()?,
         expires_at_ms: deadline.parse().ok()?,
-        connected: connection.as_deref().is_some_and(|c| !c.is_empty()),
+        connected: connection.as_deref() == Some("1"),
         instance: instance.clone().unwrap_or_default(),
     })
 }

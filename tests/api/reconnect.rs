@@ -329,11 +329,12 @@ async fn with_the_memory_store_a_dropped_session_reopens_within_its_grace_and_on
     after_the_grace_the_token_is_used(&server, &server).await;
 }
 
-/// Two processes on the store `env` names, leeway 0 and the scenario's server grace.
-/// The keys dir lives as long as the processes.
-fn two_processes(
+/// `count` processes on the store `env` names, leeway 0 and the scenario's server grace, with
+/// the dev key and the keys dir (kept as long as the processes).
+fn processes(
     env: &[(&str, &str)],
-) -> (ServerProcess, ServerProcess, String, tempfile::TempDir) {
+    count: usize,
+) -> (Vec<ServerProcess>, String, tempfile::TempDir) {
     let (keys, key) = init_keys();
     let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
     let grace = SERVER_GRACE.to_string();
@@ -343,9 +344,10 @@ fn two_processes(
         ("STREAMTOKEN_LEEWAY_SECONDS", "0"),
         ("STREAMTOKEN_RECONNECT_GRACE_SECONDS", grace.as_str()),
     ]);
-    let a = ServerProcess::spawn(keys.path(), &env);
-    let b = ServerProcess::spawn(keys.path(), &env);
-    (a, b, key, keys)
+    let spawned = (0..count)
+        .map(|_| ServerProcess::spawn(keys.path(), &env))
+        .collect();
+    (spawned, key, keys)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -354,8 +356,11 @@ async fn on_redis_a_session_dropped_on_one_process_reopens_on_the_other_and_its_
         return;
     };
     let url = redis.url();
-    let (a, b, key, _keys) = two_processes(&[("STREAMTOKEN_REDIS_URL", url.as_str())]);
-    let (a, b) = (Server::at(&a.address, &key), Server::at(&b.address, &key));
+    let (both, key, _keys) = processes(&[("STREAMTOKEN_REDIS_URL", url.as_str())], 2);
+    let (a, b) = (
+        Server::at(&both[0].address, &key),
+        Server::at(&both[1].address, &key),
+    );
     survives_a_reconnect(&a, &b).await;
     after_the_grace_the_token_is_used(&a, &b).await;
 
@@ -385,8 +390,11 @@ async fn on_a_redis_cluster_a_session_dropped_on_one_process_reopens_on_the_othe
         return;
     };
     let seeds = cluster.seed_urls();
-    let (a, b, key, _keys) = two_processes(&[("STREAMTOKEN_REDIS_CLUSTER_URLS", seeds.as_str())]);
-    let (a, b) = (Server::at(&a.address, &key), Server::at(&b.address, &key));
+    let (both, key, _keys) = processes(&[("STREAMTOKEN_REDIS_CLUSTER_URLS", seeds.as_str())], 2);
+    let (a, b) = (
+        Server::at(&both[0].address, &key),
+        Server::at(&both[1].address, &key),
+    );
     survives_a_reconnect(&a, &b).await;
 }
 
@@ -612,4 +620,56 @@ async fn a_reopening_refused_while_redis_was_paused_can_be_retried() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(resumed.1["session_id"], jti);
+}
+
+/// A deploy stops a process gracefully: its sessions are dropped, and re-open on another process
+/// at once. A process killed outright never says so: its sessions stay its own while its lease
+/// runs (a second connection is refused), then re-open on another process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_of_a_stopped_or_killed_process_reopen_on_another_one() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (three, key, _keys) = processes(&[("STREAMTOKEN_REDIS_URL", url.as_str())], 3);
+    let (stopped, killed, b) = (&three[0], &three[1], &three[2]);
+    let on_b = Server::at(&b.address, &key);
+    let grace = json!({ "reconnect_grace_seconds": 60 });
+
+    // SIGTERM: the session closes with 1001 and re-opens on B straight away.
+    let on_stopped = Server::at(&stopped.address, &key);
+    let (token, _) = on_stopped.mint(grace.clone()).await;
+    let (mut ws, _) = on_stopped.open(&token, "session_begins").await;
+    stopped.signal("TERM");
+    assert_eq!(close_of(&mut ws).await.0, 1001);
+    let (_resumed, _) = on_b.open(&token, "session_resumed").await;
+
+    // kill -9: refused while the dead process's lease runs, re-opened once it has run out.
+    let on_killed = Server::at(&killed.address, &key);
+    let (token, jti) = on_killed.mint(grace).await;
+    let (ws, _) = on_killed.open(&token, "session_begins").await;
+    killed.signal("KILL");
+    let died = Instant::now();
+    drop(ws);
+    let (code, close, _) = on_b.refused(&token).await;
+    assert_eq!((code.as_str(), close), ("session_already_open", 4003));
+    let connected = || async {
+        let listed = on_b.sessions().await;
+        let session = listed.iter().find(|s| s["session_id"] == jti.as_str());
+        session.expect("still listed")["connected"] == true
+    };
+    assert!(connected().await);
+    // The listing shows it dropped once the lease runs out; then it re-opens on B.
+    let until = died + Duration::from_secs(15);
+    while connected().await {
+        assert!(
+            Instant::now() < until,
+            "the dead process held it past its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("shown dropped {:?} after the kill", died.elapsed());
+    assert!(died.elapsed() >= Duration::from_secs(3), "the lease held");
+    let (_ws, resumed) = on_b.open(&token, "session_resumed").await;
+    assert_eq!(resumed["session_id"], jti);
 }
