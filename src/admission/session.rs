@@ -101,9 +101,13 @@ impl HeldSession {
         }
     }
 
-    /// Completes once the session's token is revoked (never otherwise): a `select!` arm.
+    /// Completes once the session's token is revoked (never otherwise): a `select!` arm. A
+    /// revoked session is over: `end` then removes it rather than leaving it to re-open.
     pub async fn revoked(&mut self) {
-        self.live.revoked().await
+        self.live.revoked().await;
+        if let Some(session) = &mut self.session {
+            session.grace_seconds = 0;
+        }
     }
 
     /// The connection closed: tells the store, so the session can be re-opened within its

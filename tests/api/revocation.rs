@@ -81,6 +81,29 @@ impl Server {
             .await
     }
 
+    /// How many sessions `GET /v1/sessions` lists, once it no longer lists any within 2 s, or
+    /// what it still lists then.
+    async fn listed_after_settling(&self) -> usize {
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            let listed: Value = self
+                .client
+                .get(format!("{}/v1/sessions", self.base))
+                .bearer_auth(&self.key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let count = listed["sessions"].as_array().unwrap().len();
+            if count == 0 || Instant::now() > until {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn revoke(&self, key: &str, body: Value) -> (StatusCode, Value) {
         let response = self.post("/v1/tokens/revoke", key, &body).await;
         (response.status(), response.json().await.unwrap())
@@ -183,7 +206,9 @@ async fn revoking_a_token_closes_its_live_session_with_4010_and_refuses_it_every
     let server = Server::of_app(&app);
     let revoker = app.add_api_key("dev", &[Scope::Revoke]);
     let (token, jti) = server.mint(json!({ "uses": 3 })).await;
+    let (graced, _) = server.mint(json!({ "reconnect_grace_seconds": 60 })).await;
     let mut ws = server.open_session(&token).await;
+    let mut graced_ws = server.open_session(&graced).await;
 
     let (answer, latency) =
         revoke_and_see_closed(&server, &revoker, json!({ "token": token }), &mut ws).await;
@@ -194,6 +219,20 @@ async fn revoking_a_token_closes_its_live_session_with_4010_and_refuses_it_every
         json!({ "revoked": { "jti": jti, "org": "dev" }, "sessions_closed": 1 })
     );
     assert_revoked(&server, &token).await;
+    // A revoked session with a reconnect grace is over too: not listed, not re-opened.
+    revoke_and_see_closed(
+        &server,
+        &revoker,
+        json!({ "token": graced }),
+        &mut graced_ws,
+    )
+    .await;
+    assert_eq!(server.listed_after_settling().await, 0);
+    let (first, close) = crate::support::ws::stream_verdict(&app, &graced).await;
+    assert_eq!(
+        (first["code"].as_str(), close),
+        (Some("token_revoked"), Some(4010))
+    );
     let introspected: Value = app.introspect(&token).await.json().await.unwrap();
     assert_eq!(
         introspected,
@@ -205,7 +244,7 @@ async fn revoking_a_token_closes_its_live_session_with_4010_and_refuses_it_every
         (Some("token_revoked"), Some(4010))
     );
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains(r#"streamtoken_revocations_total{kind="token"} 1"#));
+    assert!(metrics.contains(r#"streamtoken_revocations_total{kind="token"} 2"#));
     assert!(metrics.contains(r#"streamtoken_redemptions_rejected_total{reason="revoked"}"#));
 }
 
@@ -408,6 +447,11 @@ async fn across_two_processes(env: &[(&str, &str)], ttl: impl Fn(&str) -> i64) -
     assert_eq!(
         answer["sessions_closed"], 0,
         "the session is on the other process"
+    );
+    assert_eq!(
+        a.listed_after_settling().await,
+        0,
+        "nothing closed is listed"
     );
     assert_revoked(&b, &token).await;
     assert_revoked(&a, &token).await;
