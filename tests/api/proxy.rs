@@ -386,3 +386,60 @@ async fn revoking_the_token_ends_a_proxied_session_with_4010_and_closes_the_upst
         [(1000, "session revoked".to_owned())]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxied_session_dropped_within_its_grace_reopens_and_the_upstream_is_told() {
+    let upstream = Upstream::start(Behaviour::Echo).await;
+    let app = app_proxying(&[("/rt", upstream.url("/"))], StreamSettings::default()).await;
+    let token = app
+        .mint_token(json!({ "reconnect_grace_seconds": 30 }))
+        .await;
+    let mut first = open(&app, &format!("/rt?token={token}")).await;
+    first.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_data(&mut first).await, Message::text("hello"));
+
+    // One connection at a time, the first undisturbed.
+    let mut second = open(&app, &format!("/rt?token={token}")).await;
+    assert_eq!(
+        refusal(&mut second).await,
+        ("session_already_open".to_owned(), 4003)
+    );
+    first.send(Message::text("still")).await.unwrap();
+    assert_eq!(next_data(&mut first).await, Message::text("still"));
+
+    // The network drops; the token re-opens the session through the proxy.
+    drop(first);
+    upstream.wait_for_closes(1).await;
+    let dropped = || async {
+        let listed: Value = app
+            .client
+            .get(app.url("/v1/sessions"))
+            .bearer_auth(&app.api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed["sessions"][0]["connected"] == false
+    };
+    let until = Instant::now() + Duration::from_secs(2);
+    while !dropped().await {
+        assert!(Instant::now() < until, "the session was never dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut again = open(&app, &format!("/rt?token={token}")).await;
+    again.send(Message::text("back")).await.unwrap();
+    assert_eq!(next_data(&mut again).await, Message::text("back"));
+    let handshakes = upstream.handshakes();
+    let told: Vec<_> = handshakes
+        .iter()
+        .map(|h| h.headers["x-streamtoken-resumed"].as_str())
+        .collect();
+    assert_eq!(told, ["false", "true"]);
+    assert_eq!(
+        handshakes[0].headers["x-streamtoken-session-expires-at"],
+        handshakes[1].headers["x-streamtoken-session-expires-at"]
+    );
+    assert_eq!(app.usage().await["redeemed"], 1, "no second use");
+}
