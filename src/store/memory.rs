@@ -523,6 +523,82 @@ mod tests {
         assert_eq!(store.len(), 0);
     }
 
+    fn held(grace_seconds: u32, resume_only: bool) -> SessionOf<'static> {
+        SessionOf {
+            token_type: "realtime",
+            expires_at_ms: chrono::Utc::now().timestamp_millis() + 60_000,
+            grace_seconds,
+            held: true,
+            instance: "here",
+            resume_only,
+        }
+    }
+
+    fn session_of(use_of: &UseOf<'_>, grace_seconds: u32) -> SessionRef {
+        SessionRef {
+            org: use_of.org.to_owned(),
+            jti: use_of.jti,
+            connection: use_of.attempt,
+            single_use: use_of.allowed_uses == 1,
+            grace_seconds,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_session_refuses_a_second_connection_then_reopens_once_dropped() {
+        let store = MemoryStore::new();
+        let jti = Uuid::new_v4();
+        let mut first = use_of(jti, 1, now() + 60);
+        first.session = Some(held(30, false));
+        let opened = store.consume_once(first).await.unwrap();
+        assert_eq!(opened, Consumed::Accepted { uses_remaining: 0 });
+        let mut second = use_of(jti, 1, now() + 60);
+        second.session = Some(held(30, false));
+        assert_eq!(
+            store.consume_once(second).await.unwrap(),
+            Consumed::SessionAlreadyOpen
+        );
+        assert!(store.sessions("acme").await.unwrap()[0].connected);
+
+        // Another attempt's end changes nothing; the holder's drops it.
+        store.session_ended(&session_of(&second, 30)).await.unwrap();
+        assert!(store.sessions("acme").await.unwrap()[0].connected);
+        store.session_ended(&session_of(&first, 30)).await.unwrap();
+        assert!(!store.sessions("acme").await.unwrap()[0].connected);
+
+        // Past its window (resume only), within the grace: re-opened, nothing recorded.
+        let mut late = use_of(jti, 1, now() + 60);
+        late.session = Some(held(30, true));
+        assert!(matches!(
+            store.consume_once(late).await.unwrap(),
+            Consumed::Resumed { .. }
+        ));
+        assert_eq!(store.usage("acme").await.unwrap().redeemed, 1);
+
+        // Ended without a grace, it is gone: the token is simply used.
+        store.session_ended(&session_of(&late, 0)).await.unwrap();
+        assert!(store.sessions("acme").await.unwrap().is_empty());
+        let mut after = use_of(jti, 1, now() + 60);
+        after.session = Some(held(30, false));
+        assert_eq!(
+            store.consume_once(after).await.unwrap(),
+            Consumed::AlreadyUsed
+        );
+    }
+
+    #[tokio::test]
+    async fn dropped_sessions_are_swept_once_their_grace_ends() {
+        let store = MemoryStore::new();
+        let mut opening = use_of(Uuid::new_v4(), 1, now() + 60);
+        opening.session = Some(held(2, false));
+        store.consume_once(opening).await.unwrap();
+        store.session_ended(&session_of(&opening, 2)).await.unwrap();
+        store.sweep_expired(now());
+        assert_eq!(store.sessions("acme").await.unwrap().len(), 1);
+        store.sweep_expired(now() + 3);
+        assert!(store.sessions.is_empty());
+    }
+
     #[tokio::test]
     async fn a_revoked_token_or_org_is_refused_without_spending_and_the_entries_expire() {
         let store = MemoryStore::new();
