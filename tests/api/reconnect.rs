@@ -312,6 +312,38 @@ async fn after_the_grace_the_token_is_used(a: &Server, b: &Server) {
     listing_until(b, |listed| listed.is_empty()).await;
 }
 
+/// 200 connections race to re-open one dropped session, half on each server: exactly one gets
+/// it, every other is told it is open.
+async fn one_of_many_reopens(a: &Server, b: &Server) {
+    let (token, _) = a.mint(json!({ "reconnect_grace_seconds": 30 })).await;
+    let (first, _) = a.open(&token, "session_begins").await;
+    drop(first);
+    listing_until(b, |listed| {
+        listed.len() == 1 && listed[0]["connected"] == false
+    })
+    .await;
+    let attempts = (0..200).map(|i| {
+        let server = if i % 2 == 0 { a } else { b };
+        let token = token.clone();
+        async move {
+            let (ws, first) = server.connect(&token).await;
+            (
+                first["type"] == "session_resumed",
+                first["code"].clone(),
+                ws,
+            )
+        }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let resumed = outcomes.iter().filter(|(resumed, _, _)| *resumed).count();
+    assert_eq!(resumed, 1);
+    for (resumed, code, _) in &outcomes {
+        if !resumed {
+            assert_eq!(code, "session_already_open");
+        }
+    }
+}
+
 fn options_for_reconnects() -> Options {
     Options {
         leeway_seconds: 0,
@@ -327,6 +359,7 @@ async fn with_the_memory_store_a_dropped_session_reopens_within_its_grace_and_on
     let server = Server::of_app(&app);
     survives_a_reconnect(&server, &server).await;
     after_the_grace_the_token_is_used(&server, &server).await;
+    one_of_many_reopens(&server, &server).await;
 }
 
 /// `count` processes on the store `env` names, leeway 0 and the scenario's server grace, with
@@ -363,6 +396,7 @@ async fn on_redis_a_session_dropped_on_one_process_reopens_on_the_other_and_its_
     );
     survives_a_reconnect(&a, &b).await;
     after_the_grace_the_token_is_used(&a, &b).await;
+    one_of_many_reopens(&a, &b).await;
 
     // A record lives no longer than its session could: deadline + 2 × leeway + 1 s.
     let (token, jti) = a
