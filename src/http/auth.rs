@@ -8,7 +8,9 @@ use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 
 use crate::admission::policy::Policy;
 use crate::http::error::ApiError;
+use crate::http::query;
 use crate::http::state::AppState;
+use crate::input::InvalidParam;
 use crate::tenancy::api_keys::{ApiKeyRecord, Scope};
 use crate::token::claims::RejectReason;
 
@@ -42,11 +44,15 @@ impl Caller {
         Ok(self.gateway_policy())
     }
 
-    /// The org whose usage is asked for: `requested`, if this key acts for it, else its own.
-    pub fn readable_org<'a>(&'a self, requested: Option<&'a str>) -> Result<&'a str, ApiError> {
+    /// The org a read (usage, sessions) is for: the request's `?org=`, if this key acts for
+    /// it (an operator key, `--any-org`), else the key's own; 400 when `org` is repeated.
+    pub fn readable_org(&self, req: &HttpRequest) -> Result<String, ApiError> {
+        let requested = query::single(req, "org").map_err(|query::Repeated| {
+            InvalidParam::new("org", "org must be given at most once")
+        })?;
         match requested {
-            None => Ok(self.0.org.as_str()),
-            Some(org) if self.0.acts_for(org) => Ok(org),
+            None => Ok(self.0.org.as_str().to_owned()),
+            Some(org) if self.0.acts_for(&org) => Ok(org),
             Some(_) => Err(ApiError::TokenRejected(RejectReason::WrongOrg)),
         }
     }

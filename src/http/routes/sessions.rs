@@ -12,9 +12,7 @@ use serde::Serialize;
 
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
-use crate::http::query;
 use crate::http::state::AppState;
-use crate::input::InvalidParam;
 use crate::store::{SessionRecord, MAX_LISTED_SESSIONS};
 
 #[derive(Serialize)]
@@ -58,9 +56,8 @@ pub async fn sessions(
     caller: Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let requested = query::single(&req, "org")
-        .map_err(|query::Repeated| InvalidParam::new("org", "org must be given at most once"))?;
-    let org = caller.readable_org(requested.as_deref())?;
+    let org = caller.readable_org(&req)?;
+    let org = org.as_str();
     let mut records = state
         .store
         .sessions(org)
