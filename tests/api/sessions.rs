@@ -130,6 +130,22 @@ async fn five_hundred_clients_that_send_and_never_read_lose_their_sessions_conne
     }
     let started_kib = rss_kib(server.pid());
 
+    // Peaks are sampled while the clients open and flood: on a busy machine the first sessions
+    // may be over before the last flood has stalled.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (pid, sampling) = (server.pid(), sampling.clone());
+        tokio::spawn(async move {
+            let (mut peak_kib, mut peak_fds) = (0, 0);
+            while sampling.load(std::sync::atomic::Ordering::SeqCst) {
+                peak_kib = peak_kib.max(rss_kib(pid));
+                peak_fds = peak_fds.max(open_fds(pid));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (peak_kib, peak_fds)
+        })
+    };
+
     // Act: 500 clients open their sessions, then flood at once and keep their connections open.
     // Opened first, so that on a busy machine the first sessions are not already over (1 s
     // after their client stalls) by the time the last one stalls.
@@ -149,7 +165,8 @@ async fn five_hundred_clients_that_send_and_never_read_lose_their_sessions_conne
     for client in flooding {
         held.push(client.await.unwrap());
     }
-    let (peak_kib, peak_fds) = (rss_kib(server.pid()), open_fds(server.pid()));
+    sampling.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (peak_kib, peak_fds) = sampler.await.unwrap();
 
     // Assert: every session ends by the send timeout, and the server drops every connection,
     // although no client reads or leaves. (The metrics scrape holds one connection.)
