@@ -707,3 +707,49 @@ async fn sessions_of_a_stopped_or_killed_process_reopen_on_another_one() {
     let (_ws, resumed) = on_b.open(&token, "session_resumed").await;
     assert_eq!(resumed["session_id"], jti);
 }
+
+/// A revocation outlives every re-opening it must refuse: a token with a grace may re-open its
+/// session past `exp`, so its revocation is kept until that session's longest end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_token_never_reopens_its_dropped_session_and_its_revocation_lasts_as_long() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let app = spawn_app_with(Options {
+        leeway_seconds: 0,
+        redis: Some(crate::support::app::redis_settings(&redis.url())),
+        ..Options::default()
+    })
+    .await;
+    let server = Server::of_app(&app);
+    let revoker = Server::at(&app.address, &app.add_api_key("dev", &[Scope::Revoke]));
+    let (token, jti) = server
+        .mint(json!({
+            "reconnect_grace_seconds": 600,
+            "expires_in_seconds": 60,
+            "max_session_duration_seconds": 900
+        }))
+        .await;
+    let (first, _) = server.open(&token, "session_begins").await;
+    drop(first);
+    listing_until(&server, |listed| {
+        listed.iter().all(|s| s["connected"] == false)
+    })
+    .await;
+
+    let (status, _) = revoker
+        .post("/v1/tokens/revoke", &json!({ "token": token }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (code, close, _) = server.refused(&token).await;
+    assert_eq!((code.as_str(), close), ("token_revoked", 4010));
+    // exp (60 s) + leeway (0) + the session (900 s) + 2 × leeway + 1 s.
+    let crate::support::redis_server::RedisReply::Array(keys) =
+        redis.command(&["KEYS", &format!("*:revoked:{jti}")])
+    else {
+        panic!("KEYS answers an array");
+    };
+    let entry = keys.first().expect("the revocation").to_string();
+    let ttl: i64 = redis.command(&["TTL", &entry]).to_string().parse().unwrap();
+    assert!((958..=961).contains(&ttl), "ttl {ttl}");
+}

@@ -434,8 +434,9 @@ async fn across_two_processes(env: &[(&str, &str)], ttl: impl Fn(&str) -> i64) -
         Server::of_process(&process_a, &key),
         Server::of_process(&process_b, &key),
     );
-    // With the default leeway of 5 s: 2 × leeway + 1 past `exp`, or past now + 3600 + leeway.
-    let (by_token, longest) = (60 + 11, 3600 + 5 + 11);
+    // With the default leeway of 5 s: 2 × leeway + 1 past `exp` (a token without a reconnect
+    // grace), or past now + 3600 + leeway + 86400 (the longest window and session).
+    let (by_token, longest) = (60 + 11, 3600 + 5 + 86_400 + 11);
     let mut latencies = Vec::new();
 
     // By token: minted on A, the session on B, revoked on A.

@@ -5,10 +5,12 @@
 //! own org; an `--any-org` key names the org beside it (`{"jti","org"}`), since the store keeps
 //! an org's entries together. A key acts on its own org only unless created `--any-org`.
 //!
-//! Entries expire once no token they cover can verify: for a token, 2 × leeway past its `exp`;
-//! for a `jti` or an org, 2 × leeway past the longest redemption window from now
-//! (`ExpiresIn::MAX` + leeway). Sessions open at the time are closed through the store's
-//! revocation feed, which keeps a day (the longest session), not through the entries.
+//! Entries expire once no token they cover can verify, nor re-open a session within a reconnect
+//! grace: for a token, 2 × leeway past its `exp`, or, with a grace, past the end of the longest
+//! session it could have opened (`exp` + leeway + its `max_session_duration_seconds`); for a
+//! `jti` or an org, whose tokens are unknown, past the longest window from now
+//! (`ExpiresIn::MAX` + leeway + `SessionDuration::MAX`). Sessions open at the time are closed
+//! through the store's revocation feed, which keeps a day (the longest session).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -22,7 +24,7 @@ use crate::store::{Covers, Revocation, RevokeEntry};
 use crate::tenancy::api_keys::Scope;
 use crate::tenancy::org::Org;
 use crate::token::claims::RejectReason;
-use crate::token::params::ExpiresIn;
+use crate::token::params::{ExpiresIn, SessionDuration};
 use crate::token::verify::MAX_TOKEN_BYTES;
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,8 +66,9 @@ pub async fn revoke(
     caller.require(Scope::Revoke)?;
     let body = read_json::<RevokeBody>(&req, payload).await?;
     let now = chrono::Utc::now().timestamp();
-    // No token of a jti or an org revoked now can verify past this.
-    let longest = now + i64::from(ExpiresIn::MAX) + state.leeway_seconds as i64;
+    // No token of a jti or an org revoked now can verify, or re-open a session, past this.
+    let leeway = state.leeway_seconds as i64;
+    let longest = now + i64::from(ExpiresIn::MAX) + leeway + i64::from(SessionDuration::MAX);
     let (revocation, expires_at, kind) = match (body.token, body.jti, body.org) {
         (Some(token), None, None) => {
             if token.chars().count() > MAX_TOKEN_BYTES {
@@ -82,7 +85,12 @@ pub async fn revoke(
                 org: acting_for(&caller, &claims.org)?,
                 covers: Covers::Token(claims.jti),
             };
-            (revocation, claims.exp.max(now), "token")
+            // With a grace, the token may re-open its session (past `exp`) until that ends.
+            let covered_until = match claims.reconnect_grace_seconds {
+                0 => claims.exp,
+                _ => claims.exp + leeway + i64::from(claims.max_session_duration_seconds),
+            };
+            (revocation, covered_until.max(now), "token")
         }
         (None, Some(jti), org) => {
             let jti = Uuid::parse_str(&jti)
