@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use hmac::{Hmac, Mac};
+use jsonwebtoken::EncodingKey;
+use sha2::Sha256;
 
 use crate::input::is_name;
 use crate::tenancy::api_keys::{ApiKeys, ApiKeysFile};
@@ -32,7 +34,11 @@ pub const MAX_KID_LEN: usize = 64;
 pub struct SigningKey {
     kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// HMAC-SHA256 already keyed with the secret: keying hashes the secret's padded blocks, so
+    /// doing it once here leaves each sign or verify to clone this state and hash the message.
+    mac: Hmac<Sha256>,
+    /// `base64url(header).`: the header of every token this key signs is the same bytes.
+    header_prefix: String,
 }
 
 impl SigningKey {
@@ -60,7 +66,8 @@ impl SigningKey {
         Ok(SigningKey {
             kid: kid.to_owned(),
             encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            mac: Hmac::new_from_slice(secret).context("keying HMAC-SHA256")?,
+            header_prefix: crate::token::claims::encoded_header(kid)?,
         })
     }
 
@@ -70,8 +77,13 @@ impl SigningKey {
     pub fn encoding(&self) -> &EncodingKey {
         &self.encoding
     }
-    pub fn decoding(&self) -> &DecodingKey {
-        &self.decoding
+    /// HMAC-SHA256 keyed with this secret; clone it for each message.
+    pub fn mac(&self) -> &Hmac<Sha256> {
+        &self.mac
+    }
+    /// The first part of every token this key signs, with its `.`.
+    pub fn header_prefix(&self) -> &str {
+        &self.header_prefix
     }
 }
 

@@ -6,6 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::Mac;
 use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -100,10 +103,30 @@ impl RejectReason {
     }
 }
 
-pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, jsonwebtoken::errors::Error> {
+/// `base64url(header).` for tokens signed under `kid`, serialised by jsonwebtoken's own `Header`
+/// so the bytes are what `jsonwebtoken::encode` would write. Computed once per key.
+pub fn encoded_header(kid: &str) -> Result<String, serde_json::Error> {
     let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some(key.kid().to_owned());
-    jsonwebtoken::encode(&header, claims, key.encoding())
+    header.kid = Some(kid.to_owned());
+    let mut prefix = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?);
+    prefix.push('.');
+    Ok(prefix)
+}
+
+/// The compact JWS `jsonwebtoken::encode` would produce for HS256, byte for byte, from the key's
+/// pre-encoded header and pre-keyed HMAC (see `SigningKey`), in one buffer.
+pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, serde_json::Error> {
+    let json = serde_json::to_vec(claims)?;
+    let prefix = key.header_prefix();
+    // Header, claims, '.', and 43 characters of signature.
+    let mut token = String::with_capacity(prefix.len() + json.len().div_ceil(3) * 4 + 44);
+    token.push_str(prefix);
+    URL_SAFE_NO_PAD.encode_string(&json, &mut token);
+    let mut mac = key.mac().clone();
+    mac.update(token.as_bytes());
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut token);
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -124,6 +147,31 @@ mod tests {
         RejectReason::WrongTokenType,
         RejectReason::Revoked,
     ];
+
+    #[test]
+    fn sign_writes_the_bytes_jsonwebtoken_encode_would() {
+        let key = SigningKey::new(
+            "k-1",
+            b"fixture-secret-0123456789abcdefghij-and-more-bytes-past-64",
+        )
+        .unwrap();
+        let claims = Claims {
+            iss: "streamtoken".into(),
+            aud: "streamtoken-gateway".into(),
+            org: "acme".into(),
+            token_type: "realtime".into(),
+            jti: Uuid::new_v4(),
+            iat: 1_700_000_000,
+            exp: 1_700_000_060,
+            max_session_duration_seconds: 600,
+            ctx: BTreeMap::from([("quote\"d".into(), "ü \\ \n".into())]),
+            uses: 3,
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k-1".into());
+        let expected = jsonwebtoken::encode(&header, &claims, key.encoding()).unwrap();
+        assert_eq!(sign(&claims, &key).unwrap(), expected);
+    }
 
     #[test]
     fn every_reason_has_its_own_name_and_its_own_sentence() {
