@@ -8,6 +8,7 @@ use chrono::SecondsFormat;
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
+use uuid::Uuid;
 
 use crate::admission::policy::Policy;
 use crate::admission::redeem::{Introspection, RedeemError, Redeemer, Redemption};
@@ -15,6 +16,7 @@ use crate::http::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::issuance::issue;
 use crate::http::json_body::read_json;
+use crate::http::json_out::JsonObject;
 use crate::http::state::AppState;
 use crate::input::{integer_from_json, InvalidParam};
 use crate::token::claims::Claims;
@@ -73,17 +75,6 @@ fn integer<T>(
     }
 }
 
-#[derive(Serialize)]
-struct MintResponse<'a> {
-    token: &'a str,
-    token_type: &'a str,
-    jti: String,
-    expires_in_seconds: i64,
-    expires_at: String,
-    max_session_duration_seconds: u32,
-    uses: u32,
-}
-
 pub async fn mint(
     req: HttpRequest,
     payload: web::Payload,
@@ -97,19 +88,28 @@ pub async fn mint(
         .respond(render_minted, ApiError::canonical_response)
 }
 
+/// `{token, token_type, jti, expires_in_seconds, expires_at, max_session_duration_seconds,
+/// uses}`, written without serde's byte-at-a-time escaping of the token (see `json_out`).
 fn render_minted(minted: &MintedToken) -> HttpResponse {
     let claims = &minted.claims;
-    HttpResponse::Ok().json(MintResponse {
-        token: &minted.token,
-        token_type: &claims.token_type,
-        jti: claims.jti.to_string(),
-        expires_in_seconds: minted.lifetime_seconds(),
-        expires_at: minted
-            .expires_at()
-            .to_rfc3339_opts(SecondsFormat::Secs, true),
-        max_session_duration_seconds: claims.max_session_duration_seconds,
-        uses: claims.uses,
-    })
+    let mut jti = Uuid::encode_buffer();
+    JsonObject::with_capacity(minted.token.len() + 200)
+        .string("token", &minted.token)
+        .string("token_type", &claims.token_type)
+        .string("jti", claims.jti.hyphenated().encode_lower(&mut jti))
+        .integer("expires_in_seconds", minted.lifetime_seconds())
+        .string(
+            "expires_at",
+            &minted
+                .expires_at()
+                .to_rfc3339_opts(SecondsFormat::Secs, true),
+        )
+        .integer(
+            "max_session_duration_seconds",
+            claims.max_session_duration_seconds,
+        )
+        .integer("uses", claims.uses)
+        .ok()
 }
 
 #[derive(Debug, Default, Deserialize)]

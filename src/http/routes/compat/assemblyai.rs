@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::http::error::ApiError;
 use crate::http::issuance::issue;
+use crate::http::json_out::JsonObject;
 use crate::http::query;
 use crate::http::state::AppState;
 use crate::input::{InvalidParam, Within};
@@ -40,17 +41,12 @@ fn parse(req: &HttpRequest) -> Result<MintRequest, ApiError> {
     })
 }
 
-#[derive(Serialize)]
-struct TokenBody<'a> {
-    token: &'a str,
-    expires_in_seconds: i64,
-}
-
+/// `{token, expires_in_seconds}` (see `json_out` for why not serde).
 fn render_token(minted: &MintedToken) -> HttpResponse {
-    HttpResponse::Ok().json(TokenBody {
-        token: &minted.token,
-        expires_in_seconds: minted.lifetime_seconds(),
-    })
+    JsonObject::with_capacity(minted.token.len() + 48)
+        .string("token", &minted.token)
+        .integer("expires_in_seconds", minted.lifetime_seconds())
+        .ok()
 }
 
 #[derive(Serialize)]
