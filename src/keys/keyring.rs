@@ -107,6 +107,9 @@ pub fn is_valid_kid(kid: &str) -> bool {
 pub struct Keyring {
     active: Arc<SigningKey>,
     verifying: HashMap<String, Arc<SigningKey>>,
+    /// The same keys by their encoded header (without the `.`): a token whose header is
+    /// byte for byte one we write needs no decoding to find its key.
+    by_header: HashMap<String, Arc<SigningKey>>,
     api_keys: ApiKeys,
 }
 
@@ -120,9 +123,14 @@ impl Keyring {
             .get(active_kid)
             .cloned()
             .with_context(|| format!("the active key {active_kid:?} has no key file"))?;
+        let by_header = verifying
+            .values()
+            .map(|k| (k.header_prefix.trim_end_matches('.').to_owned(), k.clone()))
+            .collect();
         Ok(Keyring {
             active,
             verifying,
+            by_header,
             api_keys,
         })
     }
@@ -157,6 +165,12 @@ impl Keyring {
 
     pub fn verifying_key(&self, kid: &str) -> Option<&SigningKey> {
         self.verifying.get(kid).map(|k| k.as_ref())
+    }
+
+    /// The key whose tokens carry exactly this encoded header (`{"typ":"JWT","alg":"HS256",
+    /// "kid":…}` as we write it), if any.
+    pub fn key_for_header(&self, encoded_header: &str) -> Option<&SigningKey> {
+        self.by_header.get(encoded_header).map(|k| k.as_ref())
     }
 
     pub fn kids(&self) -> impl Iterator<Item = &str> {
