@@ -170,34 +170,32 @@ impl TokenToCheck {
     }
 }
 
-#[derive(Serialize)]
-struct RedeemResponse<'a> {
-    org: &'a str,
-    token_type: &'a str,
-    jti: String,
-    ctx: &'a BTreeMap<String, String>,
-    max_session_duration_seconds: u32,
-    session_expires_at: String,
-    uses_remaining: u32,
-}
-
 pub async fn redeem(
     checked: TokenToCheck,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let redemption = checked.redeem(&state.redeemer).await?;
     let claims = &redemption.claims;
-    Ok(HttpResponse::Ok().json(RedeemResponse {
-        org: &claims.org,
-        token_type: &claims.token_type,
-        jti: claims.jti.to_string(),
-        ctx: &claims.ctx,
-        max_session_duration_seconds: claims.max_session_duration_seconds,
-        session_expires_at: redemption
-            .session_expires_at
-            .to_rfc3339_opts(SecondsFormat::Secs, true),
-        uses_remaining: redemption.uses_remaining,
-    }))
+    let mut jti = Uuid::encode_buffer();
+    // `{org, token_type, jti, ctx, max_session_duration_seconds, session_expires_at,
+    // uses_remaining}` (see `json_out` for why not serde).
+    Ok(JsonObject::with_capacity(256)
+        .string("org", &claims.org)
+        .string("token_type", &claims.token_type)
+        .string("jti", claims.jti.hyphenated().encode_lower(&mut jti))
+        .string_map("ctx", &claims.ctx)
+        .integer(
+            "max_session_duration_seconds",
+            claims.max_session_duration_seconds,
+        )
+        .string(
+            "session_expires_at",
+            &redemption
+                .session_expires_at
+                .to_rfc3339_opts(SecondsFormat::Secs, true),
+        )
+        .integer("uses_remaining", redemption.uses_remaining)
+        .ok())
 }
 
 #[derive(Serialize)]
