@@ -29,14 +29,14 @@ case "$route" in
     v3) args=(-H "Authorization: $key" "$base/v3/token?expires_in_seconds=60") ;;
     redeem) args=(-s benches/wrk/redeem.lua "$base/v1/tokens/redeem") ;;
 esac
-perf record -q -e cpu-clock -g -p "$server_pid" -o "$work/perf.data" -- sleep "$seconds" &
+perf record -q -e cpu-clock -g -p "$server_pid" -o "$out/$route.perf.data" -- sleep "$seconds" &
 perf_pid=$!
 wrk -t2 -c64 -d"${seconds}s" "${args[@]}" | grep -E "Requests/sec|Non-2xx" || true
 wait "$perf_pid" || true
 # Self time by symbol ([k] kernel, [.] user space), then the split kernel / user space.
-perf report -i "$work/perf.data" --no-children --sort symbol --stdio -g none --percent-limit 0.4 \
+perf report -i "$out/$route.perf.data" --no-children --sort symbol --stdio -g none --percent-limit 0.4 \
     2>/dev/null | grep -E '^ +[0-9]' | sed -E 's/ +-? +-? *$//; s/  +/ /g' > "$out/$route.txt"
-perf report -i "$work/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
+perf report -i "$out/$route.perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
     | awk '$2=="[k]" {k+=$1} $2=="[.]" {u+=$1} END {printf "kernel %.1f%%, user space %.1f%%\n", k, u}' \
     >> "$out/$route.txt"
 cat "$out/$route.txt"

@@ -24,11 +24,6 @@ pub async fn time_requests(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let metrics = req
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.metrics.clone());
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    // Clients may send any method name; only the standard ones become labels.
     // Static names, so nothing is copied to outlive the request.
     let method = match *req.method() {
         Method::GET => "GET",
@@ -41,9 +36,14 @@ pub async fn time_requests(
         _ => "other",
     };
     let response = next.call(req).await?;
-    if let Some(metrics) = metrics {
-        metrics.observe_request(
-            &route,
+    // State and route are read from the request the response carries, not taken before the
+    // call: cloning the shared `Arc<Metrics>` for every request made both workers write its
+    // reference count, a cache line they then passed back and forth.
+    let request = response.request();
+    if let Some(state) = request.app_data::<web::Data<AppState>>() {
+        let route = request.match_pattern();
+        state.metrics.observe_request(
+            route.as_deref().unwrap_or("unmatched"),
             method,
             response.status().as_str(),
             started.elapsed(),
