@@ -17,7 +17,7 @@ use crate::http::error::ApiError;
 use crate::http::issuance::issue;
 use crate::http::json_body::read_json;
 use crate::http::json_out::JsonObject;
-use crate::http::state::AppState;
+use crate::http::state::WorkerState;
 use crate::input::{integer_from_json, InvalidParam};
 use crate::token::claims::Claims;
 use crate::token::mint::{MintRequest, MintedToken};
@@ -75,11 +75,7 @@ fn integer<T>(
     }
 }
 
-pub async fn mint(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub async fn mint(req: HttpRequest, payload: web::Payload, state: WorkerState) -> HttpResponse {
     let parsed = read_json::<MintBody>(&req, payload)
         .await
         .and_then(|body| Ok(MintRequest::try_from(body)?));
@@ -170,10 +166,7 @@ impl TokenToCheck {
     }
 }
 
-pub async fn redeem(
-    checked: TokenToCheck,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn redeem(checked: TokenToCheck, state: WorkerState) -> Result<HttpResponse, ApiError> {
     let redemption = checked.redeem(&state.redeemer).await?;
     let claims = &redemption.claims;
     let mut jti = Uuid::encode_buffer();
@@ -211,7 +204,7 @@ struct IntrospectResponse {
 
 pub async fn introspect(
     checked: TokenToCheck,
-    state: web::Data<AppState>,
+    state: WorkerState,
 ) -> Result<HttpResponse, ApiError> {
     let found = checked.introspect(&state.redeemer).await?;
     Ok(HttpResponse::Ok().json(IntrospectResponse {
