@@ -16,7 +16,8 @@ routes="${ROUTES:-ceiling healthz mint v3 redeem redeem_redis}"
 mkdir -p "$out"
 
 cargo build --release --quiet --bin streamtoken --example ceiling
-bin=target/release/streamtoken
+target="${CARGO_TARGET_DIR:-target}"
+bin="$target/release/streamtoken"
 work="$(mktemp -d)"
 server_pid=""; redis_pid=""
 cleanup() {
@@ -41,7 +42,7 @@ measure() {
     local file="$work/$name.$n.out"
     if [ "$name" = ceiling ]; then
         valgrind --tool=callgrind --callgrind-out-file="$file" \
-            target/release/examples/ceiling "127.0.0.1:$port" 1 > "$work/server.out" 2> "$work/server.err" &
+            "$target/release/examples/ceiling" "127.0.0.1:$port" 1 > "$work/server.out" 2> "$work/server.err" &
     else
         env STREAMTOKEN_BIND="127.0.0.1:$port" STREAMTOKEN_RATE_PER_MINUTE=100000000 \
             STREAMTOKEN_WORKERS=1 RUST_LOG=warn "${envs[@]}" \

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 route="${1:-mint}"; seconds="${2:-5}"
 out="${PROFILE_OUT:-target/profile}"; mkdir -p "$out"
 cargo build --release --quiet --bin streamtoken
-bin=target/release/streamtoken
+target="${CARGO_TARGET_DIR:-target}"
+bin="$target/release/streamtoken"
 work="$(mktemp -d)"; server_pid=""
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
