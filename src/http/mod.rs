@@ -9,7 +9,6 @@ pub mod error;
 mod identity;
 pub(crate) mod issuance;
 pub(crate) mod json_body;
-pub(crate) mod json_out;
 pub(crate) mod memory;
 pub(crate) mod middleware;
 pub(crate) mod query;

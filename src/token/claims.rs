@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::json_out::JsonObject;
 use crate::keys::keyring::SigningKey;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +104,33 @@ impl RejectReason {
     }
 }
 
+/// The claims as `serde_json::to_vec` writes them (the derive above: field order, `ctx` left out
+/// when empty, `uses` when 1), written field by field: serde_json escapes strings a byte at a
+/// time. A field added to `Claims` must be added here; the test against serde_json fails until
+/// it is.
+fn claims_json(claims: &Claims) -> String {
+    let mut jti = Uuid::encode_buffer();
+    let mut object = JsonObject::with_capacity(256)
+        .string("iss", &claims.iss)
+        .string("aud", &claims.aud)
+        .string("org", &claims.org)
+        .string("token_type", &claims.token_type)
+        .string("jti", claims.jti.hyphenated().encode_lower(&mut jti))
+        .integer("iat", claims.iat)
+        .integer("exp", claims.exp)
+        .integer(
+            "max_session_duration_seconds",
+            claims.max_session_duration_seconds,
+        );
+    if !claims.ctx.is_empty() {
+        object = object.string_map("ctx", &claims.ctx);
+    }
+    if !is_single_use(&claims.uses) {
+        object = object.integer("uses", claims.uses);
+    }
+    object.finish()
+}
+
 /// `base64url(header).` for tokens signed under `kid`, serialised by jsonwebtoken's own `Header`
 /// so the bytes are what `jsonwebtoken::encode` would write. Computed once per key.
 pub fn encoded_header(kid: &str) -> Result<String, serde_json::Error> {
@@ -116,7 +144,7 @@ pub fn encoded_header(kid: &str) -> Result<String, serde_json::Error> {
 /// The compact JWS `jsonwebtoken::encode` would produce for HS256, byte for byte, from the key's
 /// pre-encoded header and pre-keyed HMAC (see `SigningKey`), in one buffer.
 pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, serde_json::Error> {
-    let json = serde_json::to_vec(claims)?;
+    let json = claims_json(claims);
     let prefix = key.header_prefix();
     // Header, claims, '.', and 43 characters of signature.
     let mut token = String::with_capacity(prefix.len() + json.len().div_ceil(3) * 4 + 44);
@@ -171,6 +199,19 @@ mod tests {
         header.kid = Some("k-1".into());
         let expected = jsonwebtoken::encode(&header, &claims, key.encoding()).unwrap();
         assert_eq!(sign(&claims, &key).unwrap(), expected);
+        // Single use and no ctx: both fields left out, as serde leaves them.
+        let plain = Claims {
+            ctx: BTreeMap::new(),
+            uses: 1,
+            iat: -5,
+            ..claims
+        };
+        let expected = jsonwebtoken::encode(&header, &plain, key.encoding()).unwrap();
+        assert_eq!(sign(&plain, &key).unwrap(), expected);
+        assert_eq!(
+            claims_json(&plain).into_bytes(),
+            serde_json::to_vec(&plain).unwrap()
+        );
     }
 
     #[test]

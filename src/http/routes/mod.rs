@@ -15,7 +15,7 @@ use actix_web::http::Method;
 use actix_web::{web, HttpResponse, Resource, Route};
 
 use crate::http::error::ApiError;
-use crate::http::json_out::JsonObject;
+use crate::json_out::JsonObject;
 use crate::settings::{CompatFamilies, ProxyRoute};
 use crate::token::mint::MintedToken;
 

@@ -7,10 +7,10 @@ use serde::Serialize;
 
 use crate::http::error::ApiError;
 use crate::http::issuance::issue;
-use crate::http::json_out::JsonObject;
 use crate::http::query;
 use crate::http::state::WorkerState;
 use crate::input::{InvalidParam, Within};
+use crate::json_out::JsonObject;
 use crate::token::mint::{MintRequest, MintedToken};
 use crate::token::params::{ExpiresIn, SessionDuration, TokenType};
 

@@ -7,7 +7,7 @@ mod chat_token;
 mod elevenlabs;
 mod stream_token;
 
-use crate::http::json_out::JsonObject;
+use crate::json_out::JsonObject;
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 

@@ -1,6 +1,7 @@
-//! Small JSON success bodies written field by field, for the mint and redeem hot paths.
+//! Small JSON objects written field by field, for the hot paths: the claims a token signs and
+//! the mint and redeem success bodies.
 //!
-//! serde_json escapes a string one byte at a time, which for a ~350-character token is most of
+//! serde_json escapes a string one byte at a time, which for a ~350-character token was most of
 //! the cost of rendering a mint response. A token (base64url and `.`) never needs escaping; this
 //! checks that in a branch-free pass and copies the string whole, and falls back to serde_json
 //! for any string that does need escaping. The bytes are what serde_json's compact output of the
