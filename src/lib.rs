@@ -32,6 +32,7 @@ mod crypto_provider;
 pub mod gateway;
 pub mod http;
 pub mod input;
+pub(crate) mod json_out;
 pub mod keys;
 pub mod metrics;
 mod periodic;

@@ -4,6 +4,7 @@
 use std::future::{ready, Ready};
 use std::sync::Arc;
 
+use actix_web::http::header::{self, HeaderName};
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 
 use crate::admission::policy::Policy;
@@ -58,17 +59,21 @@ impl Caller {
     }
 }
 
+/// ElevenLabs' key header. A `HeaderName` constant: looking up by `&str` parses the name on
+/// every request.
+const XI_API_KEY: HeaderName = HeaderName::from_static("xi-api-key");
+
 /// The key as presented, whichever header carried it; `None` when absent or blank.
 pub fn presented_key(req: &HttpRequest) -> Option<&str> {
     let headers = req.headers();
     let xi_api_key = headers
-        .get("xi-api-key")
+        .get(XI_API_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.trim().is_empty());
     let raw = match xi_api_key {
         Some(value) => value,
         None => {
-            let value = headers.get("authorization")?.to_str().ok()?.trim();
+            let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
             match value.split_once(' ') {
                 Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest,
                 // "Bearer" with nothing after it is a scheme without a key.

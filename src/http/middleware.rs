@@ -24,27 +24,27 @@ pub async fn time_requests(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let metrics = req
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.metrics.clone());
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    // Clients may send any method name; only the standard ones become labels.
+    // Static names, so nothing is copied to outlive the request.
     let method = match *req.method() {
-        Method::GET
-        | Method::POST
-        | Method::PUT
-        | Method::DELETE
-        | Method::PATCH
-        | Method::HEAD
-        | Method::OPTIONS => req.method().as_str(),
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
         _ => "other",
-    }
-    .to_owned();
+    };
     let response = next.call(req).await?;
-    if let Some(metrics) = metrics {
-        metrics.observe_request(
-            &route,
-            &method,
+    // State and route are read from the request the response carries, not taken before the
+    // call: cloning the shared `Arc<Metrics>` for every request made both workers write its
+    // reference count, a cache line they then passed back and forth.
+    let request = response.request();
+    if let Some(state) = request.app_data::<web::Data<AppState>>() {
+        let route = request.match_pattern();
+        state.metrics.observe_request(
+            route.as_deref().unwrap_or("unmatched"),
+            method,
             response.status().as_str(),
             started.elapsed(),
         );

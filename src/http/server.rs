@@ -9,7 +9,7 @@ use actix_web::middleware::Condition;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
-use crate::http::state::AppState;
+use crate::http::state::{AppState, WorkerState};
 use crate::http::tls::ServedCertificate;
 use crate::http::{access_log, connection, middleware, routes};
 use crate::settings::{CompatFamilies, DemoMode, Settings};
@@ -160,6 +160,7 @@ pub fn run(
             .wrap(Condition::new(access_log_enabled, access_log::logger()))
             .wrap(middleware::no_store())
             .app_data(state.clone())
+            .app_data(WorkerState::new(state.clone()))
             .app_data(state.redeemer.clone())
             .configure(|cfg| routes::configure(cfg, compat_families, &state.proxy))
             .default_service(web::to(routes::not_found))

@@ -1,9 +1,13 @@
 //! What every worker shares: the keyring, the shared store, the minting and redemption cores,
 //! the rate limiter and the metrics. Built once from settings.
 
+use std::future::{ready, Ready};
+use std::ops::Deref;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use actix_web::web;
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest};
 
 use crate::admission::policy::Policy;
 use crate::admission::redeem::Redeemer;
@@ -84,5 +88,37 @@ impl AppState {
             shutdown: tokio::sync::watch::Sender::new(false),
             keyring,
         })
+    }
+}
+
+/// The application state as the hot handlers take it: each worker holds the shared
+/// `web::Data<AppState>` once, in an `Rc` only that worker counts. Extracting `web::Data` (an
+/// `Arc`) per request had every worker write the same reference count, a cache line the
+/// workers then passed back and forth. Registered per worker in `server::run`.
+#[derive(Clone)]
+pub struct WorkerState(Rc<web::Data<AppState>>);
+
+impl WorkerState {
+    pub fn new(shared: web::Data<AppState>) -> Self {
+        WorkerState(Rc::new(shared))
+    }
+}
+
+impl Deref for WorkerState {
+    type Target = AppState;
+
+    fn deref(&self) -> &AppState {
+        &self.0
+    }
+}
+
+impl FromRequest for WorkerState {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(req.app_data::<WorkerState>().cloned().ok_or_else(|| {
+            actix_web::error::ErrorInternalServerError("WorkerState is not registered")
+        }))
     }
 }

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use hmac::{Hmac, Mac};
+use jsonwebtoken::EncodingKey;
+use sha2::Sha256;
 
 use crate::input::is_name;
 use crate::tenancy::api_keys::{ApiKeys, ApiKeysFile};
@@ -32,7 +34,11 @@ pub const MAX_KID_LEN: usize = 64;
 pub struct SigningKey {
     kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// HMAC-SHA256 already keyed with the secret: keying hashes the secret's padded blocks, so
+    /// doing it once here leaves each sign or verify to clone this state and hash the message.
+    mac: Hmac<Sha256>,
+    /// `base64url(header).`: the header of every token this key signs is the same bytes.
+    header_prefix: String,
 }
 
 impl SigningKey {
@@ -60,7 +66,8 @@ impl SigningKey {
         Ok(SigningKey {
             kid: kid.to_owned(),
             encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            mac: Hmac::new_from_slice(secret).context("keying HMAC-SHA256")?,
+            header_prefix: crate::token::claims::encoded_header(kid)?,
         })
     }
 
@@ -70,8 +77,13 @@ impl SigningKey {
     pub fn encoding(&self) -> &EncodingKey {
         &self.encoding
     }
-    pub fn decoding(&self) -> &DecodingKey {
-        &self.decoding
+    /// HMAC-SHA256 keyed with this secret; clone it for each message.
+    pub fn mac(&self) -> &Hmac<Sha256> {
+        &self.mac
+    }
+    /// The first part of every token this key signs, with its `.`.
+    pub fn header_prefix(&self) -> &str {
+        &self.header_prefix
     }
 }
 
@@ -95,6 +107,9 @@ pub fn is_valid_kid(kid: &str) -> bool {
 pub struct Keyring {
     active: Arc<SigningKey>,
     verifying: HashMap<String, Arc<SigningKey>>,
+    /// The same keys by their encoded header (without the `.`): a token whose header is
+    /// byte for byte one we write needs no decoding to find its key.
+    by_header: HashMap<String, Arc<SigningKey>>,
     api_keys: ApiKeys,
 }
 
@@ -108,9 +123,14 @@ impl Keyring {
             .get(active_kid)
             .cloned()
             .with_context(|| format!("the active key {active_kid:?} has no key file"))?;
+        let by_header = verifying
+            .values()
+            .map(|k| (k.header_prefix.trim_end_matches('.').to_owned(), k.clone()))
+            .collect();
         Ok(Keyring {
             active,
             verifying,
+            by_header,
             api_keys,
         })
     }
@@ -145,6 +165,12 @@ impl Keyring {
 
     pub fn verifying_key(&self, kid: &str) -> Option<&SigningKey> {
         self.verifying.get(kid).map(|k| k.as_ref())
+    }
+
+    /// The key whose tokens carry exactly this encoded header (`{"typ":"JWT","alg":"HS256",
+    /// "kid":…}` as we write it), if any.
+    pub fn key_for_header(&self, encoded_header: &str) -> Option<&SigningKey> {
+        self.by_header.get(encoded_header).map(|k| k.as_ref())
     }
 
     pub fn kids(&self) -> impl Iterator<Item = &str> {

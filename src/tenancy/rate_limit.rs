@@ -138,7 +138,18 @@ impl RateLimiter {
 
     /// Takes one request from this process's bucket.
     fn check_here(&self, id: BucketId, quota: RateQuota) -> RateDecision {
+        // Checked under the map's read guard: cloning the bucket's `Arc` had every worker write
+        // its reference count on every request.
+        if let Some(entry) = self.buckets.get(&id) {
+            if entry.0 == quota {
+                return self.decide(&entry.1, quota);
+            }
+        }
         let bucket = self.bucket(id, quota);
+        self.decide(&bucket, quota)
+    }
+
+    fn decide(&self, bucket: &Bucket, quota: RateQuota) -> RateDecision {
         match bucket.check() {
             Ok(snapshot) => RateDecision::Allowed(QuotaState {
                 limit: quota.per_minute,

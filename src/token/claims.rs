@@ -6,10 +6,14 @@
 
 use std::collections::BTreeMap;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::Mac;
 use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::json_out::JsonObject;
 use crate::keys::keyring::SigningKey;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,10 +116,60 @@ impl RejectReason {
     }
 }
 
-pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, jsonwebtoken::errors::Error> {
+/// The claims as `serde_json::to_vec` writes them (the derive above: field order, `ctx` left out
+/// when empty, `uses` when 1, `reconnect_grace_seconds` when 0), written field by field: serde_json escapes strings a byte at a
+/// time. A field added to `Claims` must be added here; the test against serde_json fails until
+/// it is.
+fn claims_json(claims: &Claims) -> String {
+    let mut jti = Uuid::encode_buffer();
+    let mut object = JsonObject::with_capacity(256)
+        .string("iss", &claims.iss)
+        .string("aud", &claims.aud)
+        .string("org", &claims.org)
+        .string("token_type", &claims.token_type)
+        .string("jti", claims.jti.hyphenated().encode_lower(&mut jti))
+        .integer("iat", claims.iat)
+        .integer("exp", claims.exp)
+        .integer(
+            "max_session_duration_seconds",
+            claims.max_session_duration_seconds,
+        );
+    if !claims.ctx.is_empty() {
+        object = object.string_map("ctx", &claims.ctx);
+    }
+    if !is_single_use(&claims.uses) {
+        object = object.integer("uses", claims.uses);
+    }
+    if !is_zero(&claims.reconnect_grace_seconds) {
+        object = object.integer("reconnect_grace_seconds", claims.reconnect_grace_seconds);
+    }
+    object.finish()
+}
+
+/// `base64url(header).` for tokens signed under `kid`, serialised by jsonwebtoken's own `Header`
+/// so the bytes are what `jsonwebtoken::encode` would write. Computed once per key.
+pub fn encoded_header(kid: &str) -> Result<String, serde_json::Error> {
     let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some(key.kid().to_owned());
-    jsonwebtoken::encode(&header, claims, key.encoding())
+    header.kid = Some(kid.to_owned());
+    let mut prefix = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?);
+    prefix.push('.');
+    Ok(prefix)
+}
+
+/// The compact JWS `jsonwebtoken::encode` would produce for HS256, byte for byte, from the key's
+/// pre-encoded header and pre-keyed HMAC (see `SigningKey`), in one buffer.
+pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, serde_json::Error> {
+    let json = claims_json(claims);
+    let prefix = key.header_prefix();
+    // Header, claims, '.', and 43 characters of signature.
+    let mut token = String::with_capacity(prefix.len() + json.len().div_ceil(3) * 4 + 44);
+    token.push_str(prefix);
+    URL_SAFE_NO_PAD.encode_string(&json, &mut token);
+    let mut mac = key.mac().clone();
+    mac.update(token.as_bytes());
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut token);
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -137,6 +191,46 @@ mod tests {
         RejectReason::Revoked,
         RejectReason::SessionAlreadyOpen,
     ];
+
+    #[test]
+    fn sign_writes_the_bytes_jsonwebtoken_encode_would() {
+        let key = SigningKey::new(
+            "k-1",
+            b"fixture-secret-0123456789abcdefghij-and-more-bytes-past-64",
+        )
+        .unwrap();
+        let claims = Claims {
+            iss: "streamtoken".into(),
+            aud: "streamtoken-gateway".into(),
+            org: "acme".into(),
+            token_type: "realtime".into(),
+            jti: Uuid::new_v4(),
+            iat: 1_700_000_000,
+            exp: 1_700_000_060,
+            max_session_duration_seconds: 600,
+            ctx: BTreeMap::from([("quote\"d".into(), "ü \\ \n".into())]),
+            uses: 3,
+            reconnect_grace_seconds: 0,
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k-1".into());
+        let expected = jsonwebtoken::encode(&header, &claims, key.encoding()).unwrap();
+        assert_eq!(sign(&claims, &key).unwrap(), expected);
+        // Single use with a grace, and no ctx: uses and ctx left out, as serde leaves them.
+        let plain = Claims {
+            ctx: BTreeMap::new(),
+            uses: 1,
+            iat: -5,
+            reconnect_grace_seconds: 30,
+            ..claims
+        };
+        let expected = jsonwebtoken::encode(&header, &plain, key.encoding()).unwrap();
+        assert_eq!(sign(&plain, &key).unwrap(), expected);
+        assert_eq!(
+            claims_json(&plain).into_bytes(),
+            serde_json::to_vec(&plain).unwrap()
+        );
+    }
 
     #[test]
     fn every_reason_has_its_own_name_and_its_own_sentence() {

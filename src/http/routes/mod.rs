@@ -16,6 +16,7 @@ use actix_web::http::Method;
 use actix_web::{web, HttpResponse, Resource, Route};
 
 use crate::http::error::ApiError;
+use crate::json_out::JsonObject;
 use crate::settings::{CompatFamilies, ProxyRoute};
 use crate::token::mint::MintedToken;
 
@@ -60,15 +61,10 @@ pub fn configure(
 }
 
 /// `{"token": "…"}`, the whole success body of the ElevenLabs route and of the demo's.
-#[derive(serde::Serialize)]
-struct TokenOnly<'a> {
-    token: &'a str,
-}
-
 fn render_token_only(minted: &MintedToken) -> HttpResponse {
-    HttpResponse::Ok().json(TokenOnly {
-        token: &minted.token,
-    })
+    JsonObject::with_capacity(minted.token.len() + 16)
+        .string("token", &minted.token)
+        .ok()
 }
 
 /// How a surface renders an error in its own envelope.

@@ -8,6 +8,7 @@ use chrono::SecondsFormat;
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
+use uuid::Uuid;
 
 use crate::admission::policy::Policy;
 use crate::admission::redeem::{Introspection, RedeemError, Redeemer, Redemption};
@@ -15,8 +16,9 @@ use crate::http::auth::Caller;
 use crate::http::error::ApiError;
 use crate::http::issuance::issue;
 use crate::http::json_body::read_json;
-use crate::http::state::AppState;
+use crate::http::state::WorkerState;
 use crate::input::{integer_from_json, InvalidParam};
+use crate::json_out::JsonObject;
 use crate::token::claims::Claims;
 use crate::token::mint::{MintRequest, MintedToken};
 use crate::token::params::{Ctx, ExpiresIn, ReconnectGrace, SessionDuration, TokenType, Uses};
@@ -94,23 +96,7 @@ fn integer<T>(
     }
 }
 
-#[derive(Serialize)]
-struct MintResponse<'a> {
-    token: &'a str,
-    token_type: &'a str,
-    jti: String,
-    expires_in_seconds: i64,
-    expires_at: String,
-    max_session_duration_seconds: u32,
-    uses: u32,
-    reconnect_grace_seconds: u32,
-}
-
-pub async fn mint(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub async fn mint(req: HttpRequest, payload: web::Payload, state: WorkerState) -> HttpResponse {
     let parsed = read_json::<MintBody>(&req, payload)
         .await
         .and_then(|body| Ok(MintRequest::try_from(body)?));
@@ -119,20 +105,29 @@ pub async fn mint(
         .respond(render_minted, ApiError::canonical_response)
 }
 
+/// `{token, token_type, jti, expires_in_seconds, expires_at, max_session_duration_seconds,
+/// uses, reconnect_grace_seconds}`, written without serde's byte-at-a-time escaping of the token (see `json_out`).
 fn render_minted(minted: &MintedToken) -> HttpResponse {
     let claims = &minted.claims;
-    HttpResponse::Ok().json(MintResponse {
-        token: &minted.token,
-        token_type: &claims.token_type,
-        jti: claims.jti.to_string(),
-        expires_in_seconds: minted.lifetime_seconds(),
-        expires_at: minted
-            .expires_at()
-            .to_rfc3339_opts(SecondsFormat::Secs, true),
-        max_session_duration_seconds: claims.max_session_duration_seconds,
-        uses: claims.uses,
-        reconnect_grace_seconds: claims.reconnect_grace_seconds,
-    })
+    let mut jti = Uuid::encode_buffer();
+    JsonObject::with_capacity(minted.token.len() + 200)
+        .string("token", &minted.token)
+        .string("token_type", &claims.token_type)
+        .string("jti", claims.jti.hyphenated().encode_lower(&mut jti))
+        .integer("expires_in_seconds", minted.lifetime_seconds())
+        .string(
+            "expires_at",
+            &minted
+                .expires_at()
+                .to_rfc3339_opts(SecondsFormat::Secs, true),
+        )
+        .integer(
+            "max_session_duration_seconds",
+            claims.max_session_duration_seconds,
+        )
+        .integer("uses", claims.uses)
+        .integer("reconnect_grace_seconds", claims.reconnect_grace_seconds)
+        .ok()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,37 +188,30 @@ impl TokenToCheck {
     }
 }
 
-#[derive(Serialize)]
-struct RedeemResponse<'a> {
-    org: &'a str,
-    token_type: &'a str,
-    jti: String,
-    ctx: &'a BTreeMap<String, String>,
-    max_session_duration_seconds: u32,
-    session_expires_at: String,
-    uses_remaining: u32,
-    /// The token re-opened its session within its reconnect grace: no use was consumed.
-    resumed: bool,
-}
-
-pub async fn redeem(
-    checked: TokenToCheck,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn redeem(checked: TokenToCheck, state: WorkerState) -> Result<HttpResponse, ApiError> {
     let redemption = checked.redeem(&state.redeemer).await?;
     let claims = &redemption.claims;
-    Ok(HttpResponse::Ok().json(RedeemResponse {
-        org: &claims.org,
-        token_type: &claims.token_type,
-        jti: claims.jti.to_string(),
-        ctx: &claims.ctx,
-        max_session_duration_seconds: claims.max_session_duration_seconds,
-        session_expires_at: redemption
-            .session_expires_at
-            .to_rfc3339_opts(SecondsFormat::Secs, true),
-        uses_remaining: redemption.uses_remaining,
-        resumed: redemption.resumed,
-    }))
+    let mut jti = Uuid::encode_buffer();
+    // `{org, token_type, jti, ctx, max_session_duration_seconds, session_expires_at,
+    // uses_remaining, resumed}` (see `json_out` for why not serde).
+    Ok(JsonObject::with_capacity(256)
+        .string("org", &claims.org)
+        .string("token_type", &claims.token_type)
+        .string("jti", claims.jti.hyphenated().encode_lower(&mut jti))
+        .string_map("ctx", &claims.ctx)
+        .integer(
+            "max_session_duration_seconds",
+            claims.max_session_duration_seconds,
+        )
+        .string(
+            "session_expires_at",
+            &redemption
+                .session_expires_at
+                .to_rfc3339_opts(SecondsFormat::Secs, true),
+        )
+        .integer("uses_remaining", redemption.uses_remaining)
+        .boolean("resumed", redemption.resumed)
+        .ok())
 }
 
 #[derive(Serialize)]
@@ -239,7 +227,7 @@ struct IntrospectResponse {
 
 pub async fn introspect(
     checked: TokenToCheck,
-    state: web::Data<AppState>,
+    state: WorkerState,
 ) -> Result<HttpResponse, ApiError> {
     let found = checked.introspect(&state.redeemer).await?;
     Ok(HttpResponse::Ok().json(IntrospectResponse {

@@ -2,14 +2,15 @@
 //! (required, 1–600) and `max_session_duration_seconds` (60–10800, default 10800); responds
 //! `{token, expires_in_seconds}`; errors are `{error, code?, details?}`.
 
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::http::error::ApiError;
 use crate::http::issuance::issue;
 use crate::http::query;
-use crate::http::state::AppState;
+use crate::http::state::WorkerState;
 use crate::input::{InvalidParam, Within};
+use crate::json_out::JsonObject;
 use crate::token::mint::{MintRequest, MintedToken};
 use crate::token::params::{ExpiresIn, SessionDuration, TokenType};
 
@@ -19,7 +20,7 @@ const SESSION: Within<SessionDuration> =
     SessionDuration::within("max_session_duration_seconds", 60, 10_800);
 const DEFAULT_SESSION: SessionDuration = SessionDuration::fixed(10_800);
 
-pub async fn token(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn token(req: HttpRequest, state: WorkerState) -> HttpResponse {
     issue(&req, &state, parse(&req))
         .await
         .respond(render_token, render_error)
@@ -40,17 +41,12 @@ fn parse(req: &HttpRequest) -> Result<MintRequest, ApiError> {
     })
 }
 
-#[derive(Serialize)]
-struct TokenBody<'a> {
-    token: &'a str,
-    expires_in_seconds: i64,
-}
-
+/// `{token, expires_in_seconds}` (see `json_out` for why not serde).
 fn render_token(minted: &MintedToken) -> HttpResponse {
-    HttpResponse::Ok().json(TokenBody {
-        token: &minted.token,
-        expires_in_seconds: minted.lifetime_seconds(),
-    })
+    JsonObject::with_capacity(minted.token.len() + 48)
+        .string("token", &minted.token)
+        .integer("expires_in_seconds", minted.lifetime_seconds())
+        .ok()
 }
 
 #[derive(Serialize)]

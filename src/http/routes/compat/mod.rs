@@ -7,9 +7,9 @@ mod chat_token;
 mod elevenlabs;
 mod stream_token;
 
+use crate::json_out::JsonObject;
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
-use serde::Serialize;
 
 use super::{endpoint, Methods, Render};
 use crate::settings::CompatFamilies;
@@ -46,28 +46,23 @@ pub fn configure(cfg: &mut web::ServiceConfig, families: CompatFamilies) {
     }
 }
 
-#[derive(Serialize)]
+/// The name of the lifetime field, the one difference between the stream and chat pages' bodies.
+#[derive(Clone, Copy)]
 enum Lifetime {
-    #[serde(rename = "ttl")]
-    Ttl(i64),
-    #[serde(rename = "expires_in")]
-    ExpiresIn(i64),
+    Ttl,
+    ExpiresIn,
 }
 
-/// The success body the stream and chat pages share, `{success: true, token, <lifetime>}`; they
-/// differ only in the lifetime field's name.
-#[derive(Serialize)]
-struct Success<'a> {
-    success: bool,
-    token: &'a str,
-    #[serde(flatten)]
-    lifetime: Lifetime,
-}
-
-fn render_success(minted: &MintedToken, lifetime: fn(i64) -> Lifetime) -> HttpResponse {
-    HttpResponse::Ok().json(Success {
-        success: true,
-        token: &minted.token,
-        lifetime: lifetime(minted.lifetime_seconds()),
-    })
+/// The success body the stream and chat pages share, `{success: true, token, <lifetime>}` (see
+/// `json_out` for why not serde).
+fn render_success(minted: &MintedToken, lifetime: Lifetime) -> HttpResponse {
+    let name = match lifetime {
+        Lifetime::Ttl => "ttl",
+        Lifetime::ExpiresIn => "expires_in",
+    };
+    JsonObject::with_capacity(minted.token.len() + 48)
+        .boolean("success", true)
+        .string("token", &minted.token)
+        .integer(name, minted.lifetime_seconds())
+        .ok()
 }
