@@ -1,11 +1,13 @@
 //! In-process replay store: exactly once within one process, no dependencies.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dashmap::mapref::entry::Entry;
+use dashmap::mapref::one::{Ref, RefMut};
 use dashmap::DashMap;
 use uuid::Uuid;
 
@@ -49,13 +51,40 @@ impl Session {
     }
 }
 
+/// An org's counters. Atomics, so redemptions without a credit limit can share the org's entry
+/// (see `OrgGuard`).
+#[derive(Debug, Default)]
+struct Counters {
+    minted: AtomicU64,
+    redeemed: AtomicU64,
+}
+
+/// An org's entry, held across a redemption. A credit-limited one holds it alone, so the
+/// credit check and the charge are one step; any other shares it with the org's other
+/// redemptions. A revocation holds it alone too, so every redemption either saw the revocation
+/// or was recorded before it.
+enum OrgGuard<'a> {
+    Shared(Ref<'a, String, Counters>),
+    Exclusive(RefMut<'a, String, Counters>),
+}
+
+impl OrgGuard<'_> {
+    fn counters(&self) -> &Counters {
+        match self {
+            OrgGuard::Shared(shared) => shared.value(),
+            OrgGuard::Exclusive(exclusive) => exclusive.value(),
+        }
+    }
+}
+
 /// Sharded map from `jti` to its recorded uses. Each shard's lock makes check-and-record atomic.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     entries: DashMap<Uuid, Uses>,
-    usage: DashMap<String, Usage>,
-    /// Revoked tokens by (org, jti), with when each entry may go.
-    revoked: DashMap<(String, Uuid), i64>,
+    usage: DashMap<String, Counters>,
+    /// Revoked tokens by jti: each org that revoked it, with when the entry may go. Keyed by
+    /// the jti alone so a redemption looks it up without building a key.
+    revoked: DashMap<Uuid, Vec<(String, i64)>>,
     /// Each org's revocation threshold: tokens issued at or before it are revoked (`iat`,
     /// when the entry may go).
     revoked_before: DashMap<String, (i64, i64)>,
@@ -80,7 +109,10 @@ impl MemoryStore {
     /// Drops every entry whose token expired before `now` (unix seconds).
     pub fn sweep_expired(&self, now: i64) {
         self.entries.retain(|_, uses| uses.expires_at >= now);
-        self.revoked.retain(|_, expires_at| *expires_at >= now);
+        self.revoked.retain(|_, orgs| {
+            orgs.retain(|(_, expires_at)| *expires_at >= now);
+            !orgs.is_empty()
+        });
         self.revoked_before
             .retain(|_, (_, expires_at)| *expires_at >= now);
         let now_ms = now.saturating_mul(1000);
@@ -144,15 +176,23 @@ impl MemoryStore {
         }
     }
 
+    /// The org's entry, shared; created on first use.
+    fn org_counters(&self, org: &str) -> Ref<'_, String, Counters> {
+        match self.usage.get(org) {
+            Some(found) => found,
+            None => self.usage.entry(org.to_owned()).or_default().downgrade(),
+        }
+    }
+
     fn revoked_now(&self, org: &str, jti: Uuid, iat: i64) -> bool {
         let now = chrono::Utc::now().timestamp();
-        self.revoked
-            .get(&(org.to_owned(), jti))
-            .is_some_and(|expires_at| *expires_at >= now)
-            || self
-                .revoked_before
-                .get(org)
-                .is_some_and(|entry| iat <= entry.0 && entry.1 >= now)
+        self.revoked.get(&jti).is_some_and(|orgs| {
+            orgs.iter()
+                .any(|(revoked_in, expires_at)| revoked_in == org && *expires_at >= now)
+        }) || self
+            .revoked_before
+            .get(org)
+            .is_some_and(|entry| iat <= entry.0 && entry.1 >= now)
     }
 
     fn record_use(&self, jti: Uuid, allowed_uses: u32, expires_at: i64) -> Consumed {
@@ -191,9 +231,13 @@ impl MemoryStore {
 #[async_trait]
 impl ReplayStore for MemoryStore {
     async fn consume_once(&self, use_of: UseOf<'_>) -> Result<Consumed, StoreUnavailable> {
-        // The org's entry lock is held across the credit check and the use, so concurrent
-        // redemptions can neither overspend nor see a use that is about to be taken back.
-        let mut usage = self.usage.entry(use_of.org.to_owned()).or_default();
+        // Held across the checks and the use (see `OrgGuard`): concurrent redemptions can
+        // neither overspend nor slip past a revocation.
+        let org = match use_of.credit_limit {
+            Some(_) => OrgGuard::Exclusive(self.usage.entry(use_of.org.to_owned()).or_default()),
+            None => OrgGuard::Shared(self.org_counters(use_of.org)),
+        };
+        let counters = org.counters();
         if self.revoked_now(use_of.org, use_of.jti, use_of.issued_at) {
             return Ok(Consumed::Revoked);
         }
@@ -209,7 +253,7 @@ impl ReplayStore for MemoryStore {
         };
         let consumed = if use_of
             .credit_limit
-            .is_some_and(|limit| usage.redeemed >= limit)
+            .is_some_and(|limit| counters.redeemed.load(Ordering::SeqCst) >= limit)
         {
             if used_up() {
                 Consumed::AlreadyUsed
@@ -221,7 +265,7 @@ impl ReplayStore for MemoryStore {
         };
         Ok(match (consumed, use_of.session) {
             (accepted @ Consumed::Accepted { .. }, session) => {
-                usage.redeemed += 1;
+                counters.redeemed.fetch_add(1, Ordering::SeqCst);
                 if let Some(session) = session {
                     self.open_session(&use_of, &session);
                 }
@@ -237,11 +281,14 @@ impl ReplayStore for MemoryStore {
     /// Takes back one use. Exact for the callers there are: a redeemer releases only an attempt
     /// it saw accepted, once (one process, no timeouts to leave a release in doubt).
     async fn release(&self, use_of: UseOf<'_>) -> Result<(), StoreUnavailable> {
-        let mut usage = self.usage.entry(use_of.org.to_owned()).or_default();
+        let org = self.usage.entry(use_of.org.to_owned()).or_default();
         if let Some(mut uses) = self.entries.get_mut(&use_of.jti) {
             if uses.recorded > 0 {
                 uses.recorded -= 1;
-                usage.redeemed = usage.redeemed.saturating_sub(1);
+                // Under the org's entry held alone: no redemption is charging meanwhile.
+                let redeemed = org.redeemed.load(Ordering::SeqCst);
+                org.redeemed
+                    .store(redeemed.saturating_sub(1), Ordering::SeqCst);
             }
         }
         Ok(())
@@ -266,11 +313,11 @@ impl ReplayStore for MemoryStore {
         let _org = self.usage.entry(revocation.org.clone()).or_default();
         match revocation.covers {
             Covers::Token(jti) => {
-                let mut expires_at = self
-                    .revoked
-                    .entry((revocation.org.clone(), jti))
-                    .or_insert(entry.expires_at);
-                *expires_at = (*expires_at).max(entry.expires_at);
+                let mut orgs = self.revoked.entry(jti).or_default();
+                match orgs.iter_mut().find(|(org, _)| *org == revocation.org) {
+                    Some((_, expires_at)) => *expires_at = (*expires_at).max(entry.expires_at),
+                    None => orgs.push((revocation.org.clone(), entry.expires_at)),
+                }
             }
             Covers::IssuedAtOrBefore(iat) => {
                 let mut threshold = self
@@ -340,11 +387,19 @@ fn grace_end(now_ms: i64, grace_seconds: u32, expires_at_ms: i64) -> i64 {
 #[async_trait]
 impl UsageStore for MemoryStore {
     fn record_minted(&self, org: &str) {
-        self.usage.entry(org.to_owned()).or_default().minted += 1;
+        self.org_counters(org)
+            .minted
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     async fn usage(&self, org: &str) -> Result<Usage, StoreUnavailable> {
-        Ok(self.usage.get(org).map_or_else(Usage::default, |u| *u))
+        Ok(self
+            .usage
+            .get(org)
+            .map_or_else(Usage::default, |counters| Usage {
+                minted: counters.minted.load(Ordering::Relaxed),
+                redeemed: counters.redeemed.load(Ordering::SeqCst),
+            }))
     }
 }
 
