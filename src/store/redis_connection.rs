@@ -26,10 +26,16 @@ pub struct LazyCluster {
     open: Arc<tokio::sync::OnceCell<ClusterConnection>>,
 }
 
-impl RedisConnection {
-    /// Prepares the connection without opening it. Must run inside the runtime that will drive
-    /// it (the manager spawns its helpers there).
-    pub fn prepare(settings: &RedisSettings) -> anyhow::Result<Self> {
+/// What opening a connection needs (client, certificates, timeouts), read once. Each
+/// connection it opens is driven by the runtime it is opened in.
+#[derive(Clone)]
+pub enum RedisConnector {
+    Standalone(Box<(redis::Client, ConnectionManagerConfig)>),
+    Cluster(Arc<ClusterClient>),
+}
+
+impl RedisConnector {
+    pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
         let certificates = || -> anyhow::Result<TlsCertificates> {
             let root_cert = match &settings.tls_ca_file {
                 Some(path) => Some(std::fs::read(path).map_err(|e| {
@@ -61,9 +67,7 @@ impl RedisConnection {
                     .set_response_timeout(Some(timeout))
                     .set_number_of_retries(1)
                     .set_max_delay(timeout);
-                RedisConnection::Standalone(ConnectionManager::new_lazy_with_config(
-                    client, config,
-                )?)
+                RedisConnector::Standalone(Box::new((client, config)))
             }
             RedisTarget::Cluster(seeds) => {
                 let mut builder =
@@ -78,14 +82,31 @@ impl RedisConnection {
                 if settings.target.uses_tls() {
                     builder = builder.certs(certificates()?);
                 }
-                RedisConnection::Cluster(LazyCluster {
-                    client: Arc::new(builder.build()?),
-                    open: Arc::new(tokio::sync::OnceCell::new()),
-                })
+                RedisConnector::Cluster(Arc::new(builder.build()?))
             }
         })
     }
 
+    /// A new connection, not opened yet. Must run inside the runtime that will drive it (the
+    /// manager spawns its helpers there, and the connection its driver on first use).
+    pub fn open_lazily(&self) -> RedisResult<RedisConnection> {
+        Ok(match self {
+            RedisConnector::Standalone(client_and_config) => {
+                let (client, config) = &**client_and_config;
+                RedisConnection::Standalone(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    config.clone(),
+                )?)
+            }
+            RedisConnector::Cluster(client) => RedisConnection::Cluster(LazyCluster {
+                client: client.clone(),
+                open: Arc::new(tokio::sync::OnceCell::new()),
+            }),
+        })
+    }
+}
+
+impl RedisConnection {
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisConnection::Cluster(_))
     }

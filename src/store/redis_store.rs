@@ -19,6 +19,7 @@
 //! The price of the tag: one org's traffic lands on one cluster master. Orgs spread over the
 //! cluster; a single org is as fast as one master.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,7 @@ use redis::{ErrorKind, FromRedisValue, ServerErrorKind, Value};
 use uuid::Uuid;
 
 use super::health::Health;
-use super::redis_connection::RedisConnection;
+use super::redis_connection::{RedisConnection, RedisConnector};
 use super::{
     Consumed, Covers, FleetQuota, QuotaTaken, ReplayStore, Revocation, RevocationFeed, RevokeEntry,
     SessionRecord, SessionRef, SharedStore, StoreUnavailable, Usage, UsageStore, UseOf,
@@ -253,9 +254,16 @@ const LEASE_KEPT: Duration = Duration::from_secs(86_400 + 60);
 const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct RedisStore {
-    /// Every Redis call runs here (see `IoRuntime`).
+    /// Background work (minted-count flusher, revocation feed, health) and calls from threads
+    /// without a current-thread runtime run here (see `IoRuntime`).
     io: IoRuntime,
+    /// The I/O runtime's connection.
     conn: RedisConnection,
+    /// Each current-thread runtime calling the store (an HTTP worker) has its own connection,
+    /// driven there: a call then runs on the caller's thread with no hop to the I/O runtime and
+    /// back. See `here`.
+    per_thread: thread_local::ThreadLocal<RefCell<Option<(tokio::runtime::Id, RedisConnection)>>>,
+    connector: RedisConnector,
     /// The revocation follower's own connection: its steady polling, and its errors while a
     /// node is down, stay off the connection redemptions use (sharing it, redemptions resumed
     /// too late after a cluster master was killed).
@@ -284,17 +292,17 @@ impl RedisStore {
     /// Redis is down; the connection opens on first use and reopens by itself after a failure.
     pub fn connect_lazily(settings: &RedisSettings) -> anyhow::Result<Self> {
         let io = IoRuntime::start()?;
+        let connector = RedisConnector::new(settings)?;
         let (conn, feed_conn) = {
             let _inside = io.handle().enter();
-            (
-                RedisConnection::prepare(settings)?,
-                RedisConnection::prepare(settings)?,
-            )
+            (connector.open_lazily()?, connector.open_lazily()?)
         };
         let store = RedisStore {
             conn,
             feed_conn,
             io,
+            per_thread: thread_local::ThreadLocal::new(),
+            connector,
             keys: KeyLayout(settings.key_prefix.clone()),
             timeout: settings.timeout,
             require_persistence: settings.require_persistence,
@@ -319,9 +327,8 @@ impl RedisStore {
     async fn persistence(&self, key: &str) -> Result<Persistence, StoreUnavailable> {
         let mut pipe = on_node_of(key);
         pipe.cmd("CONFIG").arg("GET").arg("append*");
-        let mut conn = self.conn.clone();
         let reply = self
-            .run(async move { pipe.query_async::<(Vec<String>,)>(&mut conn).await })
+            .call(|mut conn| async move { pipe.query_async::<(Vec<String>,)>(&mut conn).await })
             .await
             .map_err(|_| StoreUnavailable("no answer from Redis to CONFIG GET".into()))?;
         match reply {
@@ -401,12 +408,7 @@ impl RedisStore {
     /// after all, and neither is its credit. Best effort: if the connection itself is lost, the
     /// write either ran before the loss or never will.
     fn release_after_timeout(&self, entry: &str, redeemed: &str, marker: &str) {
-        let mut conn = self.conn.clone();
-        let release = self.release_command(entry, redeemed, marker);
-        self.io.handle().spawn(async move {
-            let _ =
-                tokio::time::timeout(RELEASE_DEADLINE, release.query_async::<i64>(&mut conn)).await;
-        });
+        self.queue_behind(self.release_command(entry, redeemed, marker));
     }
 
     /// Ends, behind whatever is in flight, the held session a failed attempt may have recorded
@@ -418,13 +420,70 @@ impl RedisStore {
         marker: &str,
         grace_seconds: u32,
     ) {
-        let mut conn = self.conn.clone();
         let mut ended = self.scripts.session_ended.call(false, &[record, index]);
         ended.arg(marker).arg(grace_seconds).arg(id);
-        self.io.handle().spawn(async move {
-            let _ =
-                tokio::time::timeout(RELEASE_DEADLINE, ended.query_async::<i64>(&mut conn)).await;
-        });
+        self.queue_behind(ended);
+    }
+
+    /// Sends `cmd` in the background on the connection this thread's calls use (`here`), so it
+    /// queues behind what this thread's timed-out call sent.
+    fn queue_behind(&self, cmd: redis::Cmd) {
+        let send = |mut conn: RedisConnection| async move {
+            let _ = tokio::time::timeout(RELEASE_DEADLINE, cmd.query_async::<i64>(&mut conn)).await;
+        };
+        match self.here() {
+            Some(conn) => drop(tokio::spawn(send(conn))),
+            None => drop(self.io.handle().spawn(send(self.conn.clone()))),
+        }
+    }
+
+    /// This thread's own connection when it runs a current-thread runtime (an HTTP worker,
+    /// the main thread), opened lazily on that runtime so its driver runs beside the calls. A
+    /// connection is kept per runtime, not only per thread: one opened by a runtime since
+    /// dropped (a stopped worker, a thread reused) has no driver left. `None` elsewhere (a
+    /// multi-thread runtime, no runtime): such calls go through the I/O runtime.
+    fn here(&self) -> Option<RedisConnection> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        let id = runtime.id();
+        let mut slot = self.per_thread.get_or_default().borrow_mut();
+        match &*slot {
+            Some((opened_by, conn)) if *opened_by == id => Some(conn.clone()),
+            _ => {
+                // Cannot fail in practice (the client was built at start-up); if it did, every
+                // call on this thread would go through the I/O runtime alike.
+                let conn = self.connector.open_lazily().ok()?;
+                *slot = Some((id, conn.clone()));
+                Some(conn)
+            }
+        }
+    }
+
+    /// `call` on this thread's connection (`here`), else on the I/O runtime's (`run`), bounded
+    /// by the store timeout either way.
+    async fn call<T, F>(
+        &self,
+        call: impl FnOnce(RedisConnection) -> F,
+    ) -> Result<T, StoreUnavailable>
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        match self.here() {
+            Some(conn) => tokio::time::timeout(self.timeout, call(conn))
+                .await
+                .map_err(|_| self.no_answer()),
+            None => self.run(call(self.conn.clone())).await,
+        }
+    }
+
+    fn no_answer(&self) -> StoreUnavailable {
+        StoreUnavailable(format!(
+            "no answer from Redis within {} ms",
+            self.timeout.as_millis()
+        ))
     }
 
     /// `call` on the I/O runtime, bounded by the configured timeout whatever the connection is
@@ -440,22 +499,22 @@ impl RedisStore {
             Ok(Err(ended)) => Err(StoreUnavailable(format!("Redis call ended: {ended}"))),
             Err(_) => {
                 task.abort();
-                Err(StoreUnavailable(format!(
-                    "no answer from Redis within {} ms",
-                    self.timeout.as_millis()
-                )))
+                Err(self.no_answer())
             }
         }
     }
 
-    /// One command, bounded by the store timeout.
+    /// One command on this thread's connection (`call`), bounded by the store timeout.
     async fn query<T: FromRedisValue + Send + 'static>(
         &self,
         cmd: redis::Cmd,
     ) -> Result<T, StoreUnavailable> {
-        self.query_on(&self.conn, cmd).await
+        self.call(|mut conn| async move { cmd.query_async(&mut conn).await })
+            .await?
+            .map_err(|e| StoreUnavailable(e.to_string()))
     }
 
+    /// One command on `conn`, on the I/O runtime.
     async fn query_on<T: FromRedisValue + Send + 'static>(
         &self,
         conn: &RedisConnection,
@@ -475,9 +534,8 @@ impl RedisStore {
     ) -> Result<Vec<Value>, StoreUnavailable> {
         for by_hash in [true, false] {
             let pipe = build(by_hash);
-            let mut conn = self.conn.clone();
             match self
-                .run(async move { pipe.query_async::<Vec<Value>>(&mut conn).await })
+                .call(|mut conn| async move { pipe.query_async::<Vec<Value>>(&mut conn).await })
                 .await?
             {
                 Ok(replies) => return Ok(replies),
@@ -968,15 +1026,14 @@ fn revocation_from(fields: &[(String, String)]) -> Option<Revocation> {
 impl RedisStore {
     /// How many replicas hold every write so far on the connection to the node of `key` (Redis
     /// `WAIT`). Asked only after a use was recorded: a refusal wrote nothing and need not wait,
-    /// and `WAIT` holds up that node's shared connection while it waits.
+    /// and `WAIT` holds up this thread's connection to that node while it waits.
     async fn replicas_holding(&self, key: &str) -> Result<i64, StoreUnavailable> {
         let mut pipe = on_node_of(key);
         pipe.cmd("WAIT")
             .arg(self.replica_acks)
             .arg(self.wait_millis());
-        let mut conn = self.conn.clone();
         let (acknowledged,): (i64,) = self
-            .run(async move { pipe.query_async(&mut conn).await })
+            .call(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await?
             .map_err(|e| StoreUnavailable(e.to_string()))?;
         Ok(acknowledged)
@@ -1094,9 +1151,12 @@ impl SharedStore for RedisStore {
     }
 }
 
-/// A runtime of the store's own for all Redis I/O. The connection's driver task lives on
-/// whichever runtime first opens (or reopens) it; on an HTTP worker it would die when that worker
-/// stops during a graceful shutdown, failing the redemptions other workers are still draining.
+/// A runtime of the store's own for background Redis I/O, and for callers that have no runtime
+/// of their own to drive a connection. A connection's driver task lives on whichever runtime
+/// first opens (or reopens) it; one connection shared by the HTTP workers would die with the
+/// worker that opened it when that worker stops during a graceful shutdown, failing the
+/// redemptions other workers are still draining. Hence a worker's calls use its own connection
+/// (`RedisStore::here`), which serves no other worker, and shared work runs here.
 struct IoRuntime(Option<tokio::runtime::Runtime>);
 
 impl IoRuntime {
