@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 duration="${BENCH_DURATION:-5s}"
 connections="${BENCH_CONNECTIONS:-64}"
 threads="${BENCH_THREADS:-2}"
-tokens_per_run="${BENCH_TOKENS:-1000000}"
+tokens_per_run="${BENCH_TOKENS:-1250000}"
 
 if ! command -v wrk >/dev/null 2>&1; then
     echo "installing wrk (Debian package)"
