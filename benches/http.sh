@@ -172,7 +172,15 @@ echo "  direct: $direct_fps frames/s, through the proxy: $proxied_fps frames/s"
 
 echo "== connection storm: sessions opened 200 at a time (handshake, admission, first frame)"
 storm_sessions="${BENCH_STORM_SESSIONS:-10000}"
-ulimit -n 65536 2>/dev/null || true
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# An open session holds two descriptors in the server (its socket, and the duplicate kept to end
+# a client that stops reading); past the open-files limit the server's accepts fail (EMFILE) and
+# the storm would time accept back-offs, not admission.
+storm_cap=$(( ($(ulimit -n) - 200) / 2 ))
+if [ "$storm_sessions" -gt "$storm_cap" ]; then
+    echo "  (open-files limit $(ulimit -n): $storm_cap sessions instead of $storm_sessions)"
+    storm_sessions="$storm_cap"
+fi
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 # storm NAME PID URL [tokens-file]: sessions/s, p99, and the server's RSS per open idle session.
 storm() {
