@@ -67,7 +67,7 @@ impl SigningKey {
             kid: kid.to_owned(),
             encoding: EncodingKey::from_secret(secret),
             mac: Hmac::new_from_slice(secret).context("keying HMAC-SHA256")?,
-            header_prefix: crate::token::claims::encoded_header(kid)?,
+            header_prefix: encoded_header(kid)?,
         })
     }
 
@@ -322,6 +322,18 @@ impl KeyringHandle {
             log::error!("keyring reload failed, keeping the previous keys: {e:#}");
         }
     }
+}
+
+/// `base64url(header).` for tokens signed under `kid`, serialised by jsonwebtoken's own `Header`
+/// so the bytes are what `jsonwebtoken::encode` would write. Computed once per key.
+fn encoded_header(kid: &str) -> Result<String, serde_json::Error> {
+    use base64::Engine;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(kid.to_owned());
+    let mut prefix =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?);
+    prefix.push('.');
+    Ok(prefix)
 }
 
 #[cfg(test)]

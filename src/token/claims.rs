@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::Mac;
-use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -146,16 +145,6 @@ fn claims_json(claims: &Claims) -> String {
     object.finish()
 }
 
-/// `base64url(header).` for tokens signed under `kid`, serialised by jsonwebtoken's own `Header`
-/// so the bytes are what `jsonwebtoken::encode` would write. Computed once per key.
-pub fn encoded_header(kid: &str) -> Result<String, serde_json::Error> {
-    let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some(kid.to_owned());
-    let mut prefix = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?);
-    prefix.push('.');
-    Ok(prefix)
-}
-
 /// The compact JWS `jsonwebtoken::encode` would produce for HS256, byte for byte, from the key's
 /// pre-encoded header and pre-keyed HMAC (see `SigningKey`), in one buffer.
 pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, serde_json::Error> {
@@ -175,6 +164,7 @@ pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, serde_json::Err
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::{Algorithm, Header};
 
     const ALL: [RejectReason; 13] = [
         RejectReason::Malformed,
