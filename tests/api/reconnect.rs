@@ -676,7 +676,22 @@ async fn sessions_of_a_stopped_or_killed_process_reopen_on_another_one() {
     let (mut ws, _) = on_stopped.open(&token, "session_begins").await;
     stopped.signal("TERM");
     assert_eq!(close_of(&mut ws).await.0, 1001);
-    let (_resumed, _) = on_b.open(&token, "session_resumed").await;
+    // The stopping process marks the session dropped right after its close frame; well within
+    // a second, and long before its lease (6 s) would have run out.
+    let stopped_at = Instant::now();
+    let _resumed = loop {
+        let (ws, first) = on_b.connect(&token).await;
+        if first["type"] == "session_resumed" {
+            break ws;
+        }
+        assert_eq!(first["code"], "session_already_open", "{first}");
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(2),
+            "not re-opened within 2 s of the stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("re-opened {:?} after the stop", stopped_at.elapsed());
 
     // kill -9: refused while the dead process's lease runs, re-opened once it has run out.
     let on_killed = Server::at(&killed.address, &key);
