@@ -642,6 +642,10 @@ impl KeyLayout {
         format!("{}:{{{org}}}:session:", self.0)
     }
 
+    fn session_record(&self, org: &str, id: &str) -> String {
+        format!("{}{id}", self.session_prefix(org))
+    }
+
     fn session_index(&self, org: &str) -> String {
         self.counter(org, "sessions")
     }
@@ -649,6 +653,35 @@ impl KeyLayout {
     /// Where the org's process leases start; a lease is this followed by the instance name.
     fn lease_prefix(&self, org: &str) -> String {
         format!("{}:{{{org}}}:instance:", self.0)
+    }
+
+    fn lease(&self, org: &str, instance: &str) -> String {
+        format!("{}{instance}", self.lease_prefix(org))
+    }
+}
+
+/// The keys (and ids) the consume script needs for a redemption's session.
+struct SessionKeys {
+    /// The record's id in the org's index (`session_record_id`).
+    id: String,
+    record: String,
+    index: String,
+    /// The org's lease keys start here; the script reads other processes' leases by it.
+    lease_prefix: String,
+    /// This process's lease on the org.
+    lease: String,
+}
+
+impl SessionKeys {
+    fn of(keys: &KeyLayout, use_of: &UseOf<'_>, session: &super::SessionOf<'_>) -> Self {
+        let id = super::session_record_id(use_of.jti, use_of.attempt, use_of.allowed_uses == 1);
+        SessionKeys {
+            record: keys.session_record(use_of.org, &id),
+            index: keys.session_index(use_of.org),
+            lease_prefix: keys.lease_prefix(use_of.org),
+            lease: keys.lease(use_of.org, session.instance),
+            id,
+        }
     }
 }
 
@@ -708,16 +741,10 @@ impl ReplayStore for RedisStore {
         // One round trip to the node holding the entry: [the persistence check,] the use. The
         // check concerns the very node that records the use: a Redis restarted without
         // persistence cannot slip in between. (`WAIT` for replicas follows only an accepted use.)
-        let record_id =
-            super::session_record_id(use_of.jti, use_of.attempt, use_of.allowed_uses == 1);
-        let lease_prefix = self.keys.lease_prefix(use_of.org);
-        let session_keys = use_of.session.map(|session| {
-            (
-                format!("{}{record_id}", self.keys.session_prefix(use_of.org)),
-                self.keys.session_index(use_of.org),
-                format!("{lease_prefix}{}", session.instance),
-            )
-        });
+        // Only a redemption with a session pays for its keys (a plain one stays as it was).
+        let session = use_of
+            .session
+            .map(|session| (session, SessionKeys::of(&self.keys, &use_of, &session)));
         let build = |by_hash: bool| {
             let mut pipe = redis::pipe();
             if self.require_persistence {
@@ -729,8 +756,12 @@ impl ReplayStore for RedisStore {
                 revoked.as_str(),
                 revoked_before.as_str(),
             ];
-            if let Some((record, index, lease)) = &session_keys {
-                keys.extend([record.as_str(), index.as_str(), lease.as_str()]);
+            if let Some((_, session_keys)) = &session {
+                keys.extend([
+                    session_keys.record.as_str(),
+                    session_keys.index.as_str(),
+                    session_keys.lease.as_str(),
+                ]);
             }
             let mut consume = self.scripts.consume.call(by_hash, &keys);
             consume
@@ -740,7 +771,7 @@ impl ReplayStore for RedisStore {
                 .arg(credit_limit)
                 .arg(use_of.outlive_seconds)
                 .arg(use_of.issued_at);
-            if let Some(session) = &use_of.session {
+            if let Some((session, session_keys)) = &session {
                 consume
                     .arg(if session.resume_only { 2 } else { 1 })
                     .arg(session.token_type)
@@ -748,8 +779,8 @@ impl ReplayStore for RedisStore {
                     .arg(session.grace_seconds)
                     .arg(u8::from(session.held))
                     .arg(session.instance)
-                    .arg(&record_id)
-                    .arg(&lease_prefix)
+                    .arg(&session_keys.id)
+                    .arg(&session_keys.lease_prefix)
                     .arg(SESSION_LEASE.as_millis() as u64)
                     .arg(LEASE_KEPT.as_millis() as u64);
             }
@@ -759,11 +790,9 @@ impl ReplayStore for RedisStore {
         // A held session this attempt may have recorded must not stay "open" when the attempt
         // fails: its connection never came to be.
         let abandon_session = || {
-            if let (Some(session), Some((record, index, _))) = (&use_of.session, &session_keys) {
-                if session.held {
-                    let ended = (record.as_str(), index.as_str(), record_id.as_str());
-                    self.end_session_after_failure(ended, &marker, session.grace_seconds);
-                }
+            if let Some((session, keys)) = session.as_ref().filter(|(session, _)| session.held) {
+                let ended = (keys.record.as_str(), keys.index.as_str(), keys.id.as_str());
+                self.end_session_after_failure(ended, &marker, session.grace_seconds);
             }
         };
         let replies = match self.pipeline(build).await {
@@ -889,7 +918,7 @@ impl ReplayStore for RedisStore {
 
     async fn session_ended(&self, session: &SessionRef) -> Result<(), StoreUnavailable> {
         let id = session.record_id();
-        let record = format!("{}{id}", self.keys.session_prefix(&session.org));
+        let record = self.keys.session_record(&session.org, &id);
         let index = self.keys.session_index(&session.org);
         let marker = session.connection.simple().to_string();
         let build = |by_hash: bool| {
@@ -905,7 +934,7 @@ impl ReplayStore for RedisStore {
     async fn keep_leases(&self, instance: &str, orgs: &[String]) -> Result<(), StoreUnavailable> {
         // One script per org (each on its org's slot), all in flight at once.
         let renewals = orgs.iter().map(|org| {
-            let lease = format!("{}{instance}", self.keys.lease_prefix(org));
+            let lease = self.keys.lease(org, instance);
             let build = move |by_hash: bool| {
                 let mut renew = self.scripts.renew_lease.call(by_hash, &[&lease]);
                 renew
