@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::app::{redis_settings, spawn_app_with, Options, TestApp};
+use crate::support::app::{listed_sessions, redis_settings, spawn_app_with, Options, TestApp};
 use crate::support::ws_upstream::{Behaviour, Upstream};
 
 type Ws =
@@ -411,16 +411,7 @@ async fn a_proxied_session_dropped_within_its_grace_reopens_and_the_upstream_is_
     drop(first);
     upstream.wait_for_closes(1).await;
     let dropped = || async {
-        let listed: Value = app
-            .client
-            .get(app.url("/v1/sessions"))
-            .bearer_auth(&app.api_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listed = listed_sessions(&app.client, &app.address, &app.api_key).await;
         listed["sessions"][0]["connected"] == false
     };
     let until = Instant::now() + Duration::from_secs(2);

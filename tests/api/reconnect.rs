@@ -13,11 +13,13 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::support::app::{new_api_key, spawn_app_with, Options, TestApp};
+use crate::support::app::{
+    listed_sessions, new_api_key, redis_settings, spawn_app_with, Options, TestApp,
+};
 use crate::support::keys::init_keys;
 use crate::support::process::ServerProcess;
 use crate::support::redis_cluster::RedisCluster;
-use crate::support::redis_server::RedisServer;
+use crate::support::redis_server::{RedisReply, RedisServer};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -97,8 +99,7 @@ impl Server {
     }
 
     async fn sessions(&self) -> Vec<Value> {
-        let (status, body) = self.get("/v1/sessions").await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        let body = listed_sessions(&self.client, &self.base, &self.key).await;
         assert_eq!(body["truncated"], false);
         body["sessions"].as_array().unwrap().clone()
     }
@@ -344,6 +345,26 @@ async fn one_of_many_reopens(a: &Server, b: &Server) {
     }
 }
 
+/// A server in this process on `redis`, with leeway 0.
+async fn app_on(redis: &RedisServer) -> TestApp {
+    spawn_app_with(Options {
+        leeway_seconds: 0,
+        redis: Some(redis_settings(&redis.url())),
+        ..Options::default()
+    })
+    .await
+}
+
+/// The one key matching `pattern` on `redis`, and its TTL in seconds.
+fn ttl_of_the_key(redis: &RedisServer, pattern: &str) -> (String, i64) {
+    let RedisReply::Array(keys) = redis.command(&["KEYS", pattern]) else {
+        panic!("KEYS answers an array");
+    };
+    let key = keys.first().expect("a key matches").to_string();
+    let ttl = redis.command(&["TTL", &key]).to_string().parse().unwrap();
+    (key, ttl)
+}
+
 fn options_for_reconnects() -> Options {
     Options {
         leeway_seconds: 0,
@@ -403,17 +424,7 @@ async fn on_redis_a_session_dropped_on_one_process_reopens_on_the_other_and_its_
         .mint(json!({ "reconnect_grace_seconds": 30, "max_session_duration_seconds": 20 }))
         .await;
     let (ws, _) = a.open(&token, "session_begins").await;
-    let crate::support::redis_server::RedisReply::Array(keys) =
-        redis.command(&["KEYS", &format!("*:session:{jti}")])
-    else {
-        panic!("KEYS answers an array");
-    };
-    let record = keys.first().expect("the session's record").to_string();
-    let ttl: i64 = redis
-        .command(&["TTL", &record])
-        .to_string()
-        .parse()
-        .unwrap();
+    let (record, ttl) = ttl_of_the_key(&redis, &format!("*:session:{jti}"));
     assert!((19..=21).contains(&ttl), "ttl {ttl} of {record}");
     drop(ws);
 }
@@ -624,12 +635,7 @@ async fn a_reopening_refused_while_redis_was_paused_can_be_retried() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let app = spawn_app_with(Options {
-        leeway_seconds: 0,
-        redis: Some(crate::support::app::redis_settings(&redis.url())),
-        ..Options::default()
-    })
-    .await;
+    let app = app_on(&redis).await;
     let server = Server::of_app(&app);
     let (token, jti) = server.mint(json!({ "reconnect_grace_seconds": 30 })).await;
     let (first, _) = server.open(&token, "session_begins").await;
@@ -730,12 +736,7 @@ async fn a_revoked_token_never_reopens_its_dropped_session_and_its_revocation_la
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let app = spawn_app_with(Options {
-        leeway_seconds: 0,
-        redis: Some(crate::support::app::redis_settings(&redis.url())),
-        ..Options::default()
-    })
-    .await;
+    let app = app_on(&redis).await;
     let server = Server::of_app(&app);
     let revoker = Server::at(&app.address, &app.add_api_key("dev", &[Scope::Revoke]));
     let (token, jti) = server
@@ -759,12 +760,6 @@ async fn a_revoked_token_never_reopens_its_dropped_session_and_its_revocation_la
     let (code, close, _) = server.refused(&token).await;
     assert_eq!((code.as_str(), close), ("token_revoked", 4010));
     // exp (60 s) + leeway (0) + the session (900 s) + 2 × leeway + 1 s.
-    let crate::support::redis_server::RedisReply::Array(keys) =
-        redis.command(&["KEYS", &format!("*:revoked:{jti}")])
-    else {
-        panic!("KEYS answers an array");
-    };
-    let entry = keys.first().expect("the revocation").to_string();
-    let ttl: i64 = redis.command(&["TTL", &entry]).to_string().parse().unwrap();
+    let (_, ttl) = ttl_of_the_key(&redis, &format!("*:revoked:{jti}"));
     assert!((958..=961).contains(&ttl), "ttl {ttl}");
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::support::app::{error_code, new_api_key, spawn_app, TestApp};
+use crate::support::app::{error_code, listed_sessions, new_api_key, spawn_app, TestApp};
 use crate::support::keys::init_keys;
 use crate::support::process::ServerProcess;
 use crate::support::redis_cluster::RedisCluster;
@@ -86,16 +86,7 @@ impl Server {
     async fn listed_after_settling(&self) -> usize {
         let until = Instant::now() + Duration::from_secs(2);
         loop {
-            let listed: Value = self
-                .client
-                .get(format!("{}/v1/sessions", self.base))
-                .bearer_auth(&self.key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let listed = listed_sessions(&self.client, &self.base, &self.key).await;
             let count = listed["sessions"].as_array().unwrap().len();
             if count == 0 || Instant::now() > until {
                 return count;

@@ -316,3 +316,15 @@ pub async fn error_code(response: Response) -> String {
         .unwrap_or_else(|| panic!("not the canonical envelope: {body}"))
         .to_owned()
 }
+
+/// `GET /v1/sessions` on the server at `base` with `key`: the listing, which must answer 200.
+pub async fn listed_sessions(client: &reqwest::Client, base: &str, key: &str) -> Value {
+    let response = client
+        .get(format!("{base}/v1/sessions"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("request failed");
+    assert_eq!(response.status(), 200, "GET /v1/sessions");
+    response.json().await.expect("a JSON body")
+}
